@@ -1,0 +1,430 @@
+"""Checkpoint formats: detect them, read them safely, map their names onto the official layout.
+
+Formats, all detected from the files themselves:
+
+* ours: a folder with ``xclip_config.json`` and ``model.safetensors`` (:func:`save_model`);
+* transformers: a folder with ``config.json`` (model_type ``xclip``) and ``model.safetensors`` or
+  ``pytorch_model.bin``;
+* official X-CLIP ``.pth``: ``{"model": state_dict, "config": yacs CfgNode, ...}``;
+* a CLIP checkpoint (OpenAI TorchScript ``.pt``, or an open_clip state dict): X-CLIP's new modules are
+  then initialised as the official code does.
+
+Pickles are only read with ``torch.load(weights_only=True)``; the one non-tensor type official files
+contain (a yacs ``CfgNode``) is admitted as a plain dict stand-in, and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import re
+import types
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import FrameCountError, WeightsError
+from .config import XCLIPConfig
+from .xclip import XCLIP
+
+log = logging.getLogger(__name__)
+
+OUR_CONFIG = "xclip_config.json"
+OUR_WEIGHTS = "model.safetensors"
+FORMAT_NAME = "xclip-cli"
+FORMAT_VERSION = 1
+
+
+# -- safe reading -----------------------------------------------------------------------------------
+class _YacsConfig(dict):
+    """Stand-in for yacs' ``CfgNode`` (a dict subclass) so official files unpickle without yacs code."""
+
+    def __setstate__(self, state: dict) -> None:  # CfgNode pickles its attributes as state
+        self.__dict__.update(state)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """The classic restricted unpickler: only torch's weights-only globals, plus the yacs config stand-in.
+
+    torch's own ``weights_only`` loader refuses official X-CLIP files because it only allows item
+    assignment on plain dicts, and yacs' CfgNode is a dict subclass.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("yacs.config", "CfgNode"):
+            return _YacsConfig
+        if module in ("builtins", "__builtin__") and name in ("set", "frozenset"):
+            return {"set": set, "frozenset": frozenset}[name]  # yacs keeps key sets in its state
+        allowed = _torch_allowed_globals()
+        if f"{module}.{name}" in allowed:
+            return allowed[f"{module}.{name}"]
+        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
+
+
+def _torch_allowed_globals() -> dict[str, Any]:
+    from torch import _weights_only_unpickler
+
+    return _weights_only_unpickler._get_allowed_globals()
+
+
+_restricted_pickle = types.SimpleNamespace(
+    Unpickler=_RestrictedUnpickler,
+    load=lambda f, **kw: _RestrictedUnpickler(f, **kw).load(),
+    __name__="xclip_restricted_pickle",
+)
+
+
+def torch_load(path: Path) -> Any:
+    """Read a torch pickle admitting tensors, containers and the official yacs config, nothing else."""
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
+    except pickle.UnpicklingError as err:
+        raise WeightsError(
+            f"{path}: refusing to load: the file pickles objects other than tensors ({_last_line(err)}). "
+            "Only checkpoints with tensors (and the official yacs config) are loaded."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        if _is_torchscript(path):
+            return _torchscript_state_dict(path)
+        raise WeightsError(f"{path}: cannot read checkpoint, truncated or corrupt ({_short(err)})") from None
+
+
+def _last_line(err: BaseException) -> str:
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1][:200] if lines else type(err).__name__
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("constants.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _torchscript_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """OpenAI's CLIP ``.pt`` files are TorchScript archives: read their parameters, not their pickles."""
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - any failure means the archive is unusable
+        raise WeightsError(f"{path}: cannot read TorchScript checkpoint ({_short(err)})") from None
+    state = {k: v for k, v in module.state_dict().items()}
+    for key in ("input_resolution", "context_length", "vocab_size"):
+        state.pop(key, None)
+    return state
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A flat name -> tensor dict from a .safetensors file or a (weights-only) torch pickle."""
+    if not path.is_file():
+        raise WeightsError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise WeightsError(f"{path}: cannot read safetensors file, truncated or corrupt ({_short(err)})") from None
+    data = torch_load(path)
+    if isinstance(data, dict):
+        for key in ("model", "state_dict", "module"):
+            if isinstance(data.get(key), dict):
+                data = data[key]
+                break
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise WeightsError(f"{path}: not a state dict (expected a mapping of names to tensors)")
+    return {re.sub(r"^module\.", "", k): v for k, v in data.items()}
+
+
+# -- the official layout ----------------------------------------------------------------------------
+def _count(state: dict[str, torch.Tensor], pattern: str) -> int:
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in state if (m := rx.match(k))})
+
+
+def infer_config(state: dict[str, torch.Tensor], frames: int | None = None) -> XCLIPConfig:
+    """Architecture from an official-layout (X-CLIP or CLIP) state dict, as the official build_model does."""
+    try:
+        conv = state["visual.conv1.weight"]
+        grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+        has_mit = "mit.positional_embedding" in state
+        ckpt_frames = state["mit.positional_embedding"].shape[1] if has_mit else None
+        config = XCLIPConfig(
+            embed_dim=state["text_projection"].shape[1],
+            image_size=conv.shape[-1] * grid,
+            patch_size=conv.shape[-1],
+            vision_width=conv.shape[0],
+            vision_layers=_count(state, r"visual\.transformer\.resblocks\.(\d+)\.attn\.in_proj_weight"),
+            text_width=state["ln_final.weight"].shape[0],
+            text_layers=_count(state, r"transformer\.resblocks\.(\d+)\.attn\.in_proj_weight"),
+            context_length=state["positional_embedding"].shape[0],
+            vocab_size=state["token_embedding.weight"].shape[0],
+            frames=ckpt_frames or frames or 8,
+            mit_layers=_count(state, r"mit\.resblocks\.(\d+)\.") if has_mit else 1,
+            prompt_layers=_count(state, r"prompts_generator\.decoder\.(\d+)\.") if has_mit else 2,
+        )
+    except KeyError as err:
+        raise WeightsError(f"not a CLIP/X-CLIP state dict: missing {err.args[0]!r}") from None
+    if ckpt_frames and frames and frames != ckpt_frames:
+        raise FrameCountError(
+            f"the checkpoint was trained with {ckpt_frames} frames (its temporal embedding is "
+            f"[1, {ckpt_frames}, {config.embed_dim}]); {frames} frames need a {frames}-frame checkpoint"
+        )
+    return config
+
+
+def causal_mask(length: int) -> torch.Tensor:
+    return torch.full((length, length), float("-inf")).triu_(1)
+
+
+def model_from_state(
+    config: XCLIPConfig, state: dict[str, torch.Tensor], *, source: str, strict: bool = True
+) -> XCLIP:
+    """An XCLIP with exactly these weights. Built on the meta device: no time wasted on random init."""
+    with torch.device("meta"):
+        model = XCLIP(config)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if strict and (missing or unexpected):
+        raise WeightsError(f"{source}: {_describe_mismatch(missing, unexpected)}")
+    model.attn_mask = causal_mask(config.context_length)
+    model.source = source
+    return model.float().eval()
+
+
+def _describe_mismatch(missing: list[str], unexpected: list[str]) -> str:
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing weights (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected weights (e.g. {', '.join(unexpected[:3])})")
+    return "checkpoint does not match the X-CLIP layout: " + "; ".join(parts)
+
+
+def model_from_clip_state(state: dict[str, torch.Tensor], frames: int, *, source: str) -> XCLIP:
+    """X-CLIP from CLIP weights; the new modules get the official initialisation."""
+    from .xclip import build_clip
+
+    config = infer_config(state, frames=frames)
+    clip = build_clip(config)
+    missing, unexpected = clip.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"{source}: not a CLIP checkpoint of a known layout: {_describe_mismatch(missing, unexpected)}")
+    model = XCLIP(config, clip)
+    model.source = source
+    return model.eval()
+
+
+# -- transformers layout ------------------------------------------------------------------------------
+_EXACT = {
+    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+    "positional_embedding": "text_model.embeddings.position_embedding.weight",
+    "visual.class_embedding": "vision_model.embeddings.class_embedding",
+    "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
+    "mit.positional_embedding": "mit.position_embedding",
+    "prompts_visual_proj": "prompts_visual_projection",
+    "logit_scale": "logit_scale",
+}
+_TRANSPOSED = {"visual.proj": "visual_projection.weight", "text_projection": "text_projection.weight"}
+_PREFIXES = [
+    ("visual.transformer.resblocks.", "vision_model.encoder.layers."),
+    ("transformer.resblocks.", "text_model.encoder.layers."),
+    ("mit.resblocks.", "mit.encoder.layers."),
+    ("visual.conv1.", "vision_model.embeddings.patch_embedding."),
+    ("visual.ln_pre.", "vision_model.pre_layernorm."),
+    ("visual.ln_post.", "vision_model.post_layernorm."),
+    ("ln_final.", "text_model.final_layer_norm."),
+    ("prompts_visual_ln.", "prompts_visual_layernorm."),
+    ("prompts_generator.norm.", "prompts_generator.layernorm."),
+]
+_INNER = [(".ln_1.", ".layer_norm1."), (".ln_2.", ".layer_norm2."), (".mlp.c_fc.", ".mlp.fc1."), (".mlp.c_proj.", ".mlp.fc2.")]
+
+
+def hf_names(key: str) -> tuple[list[str], str]:
+    """Where an official parameter lives in a transformers XCLIPModel, and how: copy, transpose or qkv.
+
+    The rules of transformers' conversion script, read in the other direction.
+    """
+    if key in _EXACT:
+        return [_EXACT[key]], "copy"
+    if key in _TRANSPOSED:
+        return [_TRANSPOSED[key]], "transpose"
+    name = key
+    for old, new in _PREFIXES:
+        if name.startswith(old):
+            name = new + name[len(old):]
+            break
+    for old, new in _INNER:
+        name = name.replace(old, new)
+    attn = ".message_attn." if ".message_attn." in name else ".self_attn."
+    name = name.replace(".attn.out_proj.", ".self_attn.out_proj.")
+    match = re.match(r"(.*)\.(?:message_)?attn\.in_proj_(weight|bias)$", name)
+    if match:
+        return [f"{match.group(1)}{attn}{p}_proj.{match.group(2)}" for p in "qkv"], "qkv"
+    return [name], "copy"
+
+
+def hf_to_official(hf_state: dict[str, torch.Tensor], keys: list[str]) -> dict[str, torch.Tensor]:
+    """Gather the official-layout state dict (names `keys`) from a transformers state dict."""
+    hf_state = {re.sub(r"^x_clip\.", "", k): v for k, v in hf_state.items()}
+    out: dict[str, torch.Tensor] = {}
+    missing = []
+    for key in keys:
+        names, how = hf_names(key)
+        if not all(n in hf_state for n in names):
+            missing.extend(n for n in names if n not in hf_state)
+            continue
+        if how == "qkv":
+            out[key] = torch.cat([hf_state[n] for n in names])
+        elif how == "transpose":
+            out[key] = hf_state[names[0]].t().contiguous()
+        else:
+            out[key] = hf_state[names[0]]
+    if missing:
+        raise WeightsError(
+            f"transformers checkpoint lacks {len(missing)} X-CLIP weights (e.g. {', '.join(missing[:3])})"
+        )
+    return out
+
+
+def official_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The transformers layout of an official-layout state dict (for export and parity checks)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        names, how = hf_names(key)
+        if how == "qkv":
+            for name, part in zip(names, value.chunk(3)):
+                out[name] = part.contiguous()
+        elif how == "transpose":
+            out[names[0]] = value.t().contiguous()
+        else:
+            out[names[0]] = value
+    return out
+
+
+def config_from_hf(cfg: dict[str, Any], source: str) -> XCLIPConfig:
+    """Our config from a transformers ``config.json`` (defaults as transformers' XCLIPConfig)."""
+    text, vision = cfg.get("text_config") or {}, cfg.get("vision_config") or {}
+    config = XCLIPConfig(
+        embed_dim=cfg.get("projection_dim", 512),
+        image_size=vision.get("image_size", 224),
+        patch_size=vision.get("patch_size", 32),
+        vision_width=vision.get("hidden_size", 768),
+        vision_layers=vision.get("num_hidden_layers", 12),
+        text_width=text.get("hidden_size", 512),
+        text_layers=text.get("num_hidden_layers", 12),
+        context_length=text.get("max_position_embeddings", 77),
+        vocab_size=text.get("vocab_size", 49408),
+        frames=vision.get("num_frames", 8),
+        mit_layers=vision.get("mit_num_hidden_layers", 1),
+        prompt_layers=cfg.get("prompt_layers", 2),
+        prompt_alpha=cfg.get("prompt_alpha", 0.1),
+    )
+    checks = {
+        "text heads": (text.get("num_attention_heads", 8), config.text_heads),
+        "vision heads": (vision.get("num_attention_heads", 12), config.vision_heads),
+        "text MLP width": (text.get("intermediate_size", 2048), 4 * config.text_width),
+        "vision MLP width": (vision.get("intermediate_size", 3072), 4 * config.vision_width),
+        "MIT width": (vision.get("mit_hidden_size", 512), config.embed_dim),
+    }
+    for what, (theirs, ours) in checks.items():
+        if theirs != ours:
+            raise WeightsError(f"{source}: unsupported architecture: {what} {theirs}, X-CLIP uses {ours}")
+    for what, theirs in (
+        ("MIT", vision.get("mit_num_attention_heads", 8)),
+        ("prompt generator", cfg.get("prompt_num_attention_heads", 8)),
+    ):
+        if theirs != config.mit_heads:
+            log.warning(
+                "%s: config.json gives the %s %d attention heads; the official X-CLIP uses width // 64 = %d, "
+                "which is what we compute (transformers' own outputs differ for this checkpoint)",
+                source, what, theirs, config.mit_heads,
+            )
+    return config
+
+
+def load_hf_dir(path: Path, frames: int | None = None) -> XCLIP:
+    cfg = json.loads((path / "config.json").read_text())
+    if cfg.get("model_type") not in (None, "xclip", "x_clip", "x-clip"):
+        raise WeightsError(f"{path}: config.json is for model_type {cfg.get('model_type')!r}, not X-CLIP")
+    config = config_from_hf(cfg, str(path))
+    _check_frames(config.frames, frames, str(path))
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (path / name).is_file():
+            hf_state = read_tensors(path / name)
+            break
+    else:
+        raise WeightsError(f"{path}: config.json found but no model.safetensors or pytorch_model.bin next to it")
+    with torch.device("meta"):
+        keys = list(XCLIP(config).state_dict())
+    return model_from_state(config, hf_to_official(hf_state, keys), source=str(path))
+
+
+def _check_frames(have: int, want: int | None, source: str) -> None:
+    if want is not None and want != have:
+        raise FrameCountError(f"{source} is a {have}-frame checkpoint; {want} frames need a {want}-frame checkpoint")
+
+
+# -- our own format -----------------------------------------------------------------------------------
+def save_model(model: XCLIP, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Write `model` as a folder with ``model.safetensors`` and ``xclip_config.json``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path / (OUR_WEIGHTS + ".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(path / OUR_WEIGHTS)
+    doc = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "source": getattr(model, "source", None),
+        "metadata": metadata or {},
+    }
+    tmp = path / (OUR_CONFIG + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(path / OUR_CONFIG)
+    return path
+
+
+def read_our_config(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads((path / OUR_CONFIG).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise WeightsError(f"{path / OUR_CONFIG}: unreadable ({_short(err)})") from None
+    if doc.get("format") != FORMAT_NAME:
+        raise WeightsError(f"{path / OUR_CONFIG}: not an xclip-cli checkpoint config")
+    return doc
+
+
+def load_our_dir(path: Path, frames: int | None = None) -> XCLIP:
+    doc = read_our_config(path)
+    config = XCLIPConfig.from_dict(doc["config"])
+    _check_frames(config.frames, frames, str(path))
+    model = model_from_state(config, read_tensors(path / OUR_WEIGHTS), source=str(path))
+    model.metadata = doc.get("metadata") or {}
+    return model
+
+
+# -- files of unknown kind --------------------------------------------------------------------------
+def load_file_checkpoint(path: Path, frames: int | None = None) -> XCLIP:
+    """An official X-CLIP ``.pth``, or a CLIP checkpoint (TorchScript ``.pt`` / state dict)."""
+    state = read_tensors(path)
+    if "mit.positional_embedding" in state:
+        config = infer_config(state, frames=frames)
+        return model_from_state(config, state, source=str(path))
+    if "visual.conv1.weight" in state:
+        return model_from_clip_state(state, frames or 8, source=str(path))
+    if any(k.startswith(("vision_model.", "x_clip.vision_model.")) for k in state):
+        raise WeightsError(f"{path}: transformers weights need their config.json: pass the folder that holds both")
+    raise WeightsError(f"{path}: not an X-CLIP or CLIP checkpoint (no visual.conv1.weight)")
