@@ -19,3 +19,13 @@ def _offline(monkeypatch, tmp_path_factory):
 
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(home / "hub"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny random X-CLIP saved in our checkpoint format (what `--model PATH` takes)."""
+    from helpers import tiny_model
+
+    from xclip_cli import save_model
+
+    return save_model(tiny_model(seed=0), tmp_path_factory.mktemp("models") / "tiny")

@@ -1,0 +1,454 @@
+"""Tests for xclip_cli.video: decoding real third-party clips, sampling, transforms (CPU, fast)."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import dataclasses
+import logging
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xclip_cli.video import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VideoError,
+    VideoInfo,
+    decode,
+    normalize,
+    probe,
+    range_to_frames,
+    read_frames,
+    segment_indices,
+    short_side_for,
+    test_views,  # importing it must not make pytest collect it as a test
+    train_transform,
+    view_indices,
+    windows,
+)
+
+VIDEOS = Path(__file__).resolve().parents[1].parent / "shared/data/videos"
+MANIFEST = VIDEOS / "manifest.csv"
+needs_videos = pytest.mark.skipif(not MANIFEST.is_file(), reason=f"test clips not found at {VIDEOS}")
+ROWS = list(csv.DictReader(MANIFEST.open())) if MANIFEST.is_file() else []
+
+# Clips that must fail, and the cause their message must give.
+EXPECTED_ERRORS = {"torchcodec/nasa_13013.mp4.audio.mp3": "no video stream"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_torch_thread():
+    # These tensors are small; on a busy 2-core CI box, torch's intra-op threads only contend
+    # (elementwise ops measured 10-50x slower with 2 threads than with 1).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def clip(name: str) -> Path:
+    return VIDEOS / name
+
+
+@pytest.fixture(params=["decord", "ffmpeg"])
+def backend(request, monkeypatch):
+    """Run a test with decord first (the default) and again with the ffmpeg path only."""
+    if request.param == "decord" and decode.decord is None:
+        pytest.skip("decord is not installed")
+    if request.param == "ffmpeg":
+        monkeypatch.setattr(decode, "decord", None)
+    return request.param
+
+
+def ffmpeg_raw_frames(path: Path, width: int, height: int) -> np.ndarray:
+    """All frames as stored, without rotation: an independent reference for orientation tests."""
+    args = [decode._ffmpeg_exe(), "-v", "error", "-noautorotate", "-i", str(path)]
+    args += ["-frames:v", "3", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    out = subprocess.run(args, capture_output=True, check=True, timeout=60).stdout
+    return np.frombuffer(out, np.uint8).reshape(-1, height, width, 3)
+
+
+# --------------------------------------------------------------------------------------------- decoding
+
+
+@needs_videos
+@pytest.mark.parametrize("row", ROWS, ids=[r["path"] for r in ROWS])
+def test_every_manifest_clip_decodes_or_fails_with_a_cause(row):
+    path = clip(row["path"])
+    if row["path"] in EXPECTED_ERRORS:
+        with pytest.raises(VideoError) as err:
+            probe(path)
+        assert err.value.reason == EXPECTED_ERRORS[row["path"]]
+        assert str(err.value) == f"{path}: {EXPECTED_ERRORS[row['path']]}"
+        return
+
+    info = probe(path)
+    assert info.num_frames > 0 and info.fps > 0
+    assert info.duration == pytest.approx(info.num_frames / info.fps)
+    if row["path"] != "torchcodec/nasa_13013.mp4":  # see test_multi_stream_file_uses_the_best_stream
+        assert abs(info.num_frames - int(row["num_frames"])) <= 1
+        assert info.fps == pytest.approx(float(row["fps"]), rel=1e-3)
+        stored = (int(row["width"]), int(row["height"]))
+        assert (info.width, info.height) == (stored if info.rotation in (0, 180) else stored[::-1])
+
+    frames = read_frames(path, segment_indices(info.num_frames, 8), short_side=256, info=info)
+    assert frames.dtype == np.uint8 and frames.ndim == 4 and frames.shape[0] == 8 and frames.shape[3] == 3
+    height, width = frames.shape[1:3]
+    assert min(height, width) == min(256, info.width, info.height)
+    assert width / height == pytest.approx(info.width / info.height, rel=0.02)
+    if row["path"] == "decord/unordered.mov":
+        assert (frames == 255).all()  # genuinely four white frames
+    elif min(height, width) >= 8:
+        assert frames.std() > 1.0  # real picture content, not a blank buffer
+
+
+@needs_videos
+def test_damaged_packet_is_concealed_by_ffmpeg_with_a_warning(caplog):
+    # decord/corrupted.mp4 has one broken packet: decord refuses batches that cross it, ffmpeg
+    # conceals it and decodes 49 of 50 frames.
+    path = clip("decord/corrupted.mp4")
+    with caplog.at_level(logging.WARNING, logger="xclip_cli.video.decode"):
+        frames = read_frames(path, segment_indices(50, 8), short_side=128)
+    assert frames.shape == (8, 128, 228, 3) and frames.std() > 10
+    assert any("Invalid NAL unit size" in r.getMessage() for r in caplog.records)
+
+
+@needs_videos
+def test_unreadable_inputs_raise_video_error(tmp_path, backend):
+    data = clip("mmaction2/test.mp4").read_bytes()
+    truncated = tmp_path / "truncated.mp4"  # mdat first, so the cut loses the moov atom
+    truncated.write_bytes(data[:20000])
+    garbage = tmp_path / "garbage.mkv"
+    garbage.write_bytes(bytes(range(256)) * 64)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+
+    with pytest.raises(VideoError, match="moov atom not found") as err:
+        read_frames(truncated, [0])
+    assert err.value.path == str(truncated)
+    with pytest.raises(VideoError, match="cannot"):
+        probe(garbage)
+    for target, cause in [
+        (empty, "empty file"),
+        (tmp_path, "not a regular file"),
+        (tmp_path / "x.mp4", "not found"),
+    ]:
+        with pytest.raises(VideoError) as err:
+            read_frames(target, [0])
+        assert err.value.reason == cause
+
+
+@needs_videos
+@pytest.mark.parametrize(
+    "name, rotation",
+    [
+        ("decord/video_0.mov", 0),
+        ("decord/video_90.mov", 90),
+        ("decord/video_180.mov", 180),
+        ("decord/video_270.mov", 270),
+        ("moviepy/fire2.mp4", 180),
+    ],
+)
+def test_rotated_clips_come_out_upright(name, rotation, backend):
+    path = clip(name)
+    info = probe(path)
+    assert info.rotation == rotation
+    stored_w, stored_h = (568, 320) if name.startswith("decord") else (1280, 720)
+    assert (info.width, info.height) == (
+        (stored_w, stored_h) if rotation in (0, 180) else (stored_h, stored_w)
+    )
+    frames = read_frames(path, [0, 2], info=info)
+    raw = ffmpeg_raw_frames(path, stored_w, stored_h)[[0, 2]]
+    # Display rotation is clockwise; np.rot90 turns anticlockwise for positive k.
+    upright = np.rot90(raw, k=-rotation // 90, axes=(1, 2))
+    assert frames.shape == upright.shape
+    assert np.abs(frames.astype(int) - upright).mean() < 1.0
+    if rotation:  # and not the stored orientation (guards against a decord that ignores the flag)
+        assert frames.shape != raw.shape or np.abs(frames.astype(int) - raw).mean() > 10
+
+
+@needs_videos
+# Without passthrough, ffmpeg fills the gaps between selected frames with duplicates (and part_0.mp4
+# gets an extra frame): every one of these then fails.
+@pytest.mark.parametrize("name", ["mmaction2/test.mp4", "moviepy/chaplin.mp4", "mmaction2/part_0.mp4"])
+def test_decord_and_ffmpeg_give_the_same_frames(name, monkeypatch):
+    if decode.decord is None:
+        pytest.skip("decord is not installed")
+    path = clip(name)
+    info = probe(path)
+    indices = np.concatenate([segment_indices(info.num_frames, 8), np.arange(40, 46)])  # a run, too
+    full = read_frames(path, indices, info=info)
+    small = read_frames(path, indices, short_side=128, info=info)
+    monkeypatch.setattr(decode, "decord", None)
+    full_ff = read_frames(path, indices, info=info)
+    small_ff = read_frames(path, indices, short_side=128, info=info)
+    assert full.shape == full_ff.shape and small.shape == small_ff.shape
+    assert np.abs(full.astype(int) - full_ff).mean() < 0.5  # same decoder, same frames: ~bit-exact
+    assert np.abs(small.astype(int) - small_ff).mean() < 2.0  # two scalers: small differences
+
+
+@needs_videos
+def test_indices_repeat_unsorted_and_past_the_end(backend):
+    path = clip("mmaction2/test.mp4")  # 300 frames
+    got = read_frames(path, [120, 7, 120, 10_000, 299, 0])
+    singles = np.stack([read_frames(path, [i])[0] for i in (120, 7, 299, 0)])
+    np.testing.assert_array_equal(got[[0, 1, 4, 5]], singles)
+    np.testing.assert_array_equal(got[2], got[0])
+    np.testing.assert_array_equal(got[3], singles[2])  # clamped to the last frame
+    assert not np.array_equal(singles[0], singles[1])
+    with pytest.raises(ValueError):
+        read_frames(path, [])
+    with pytest.raises(ValueError):
+        read_frames(path, [-1])
+
+
+@needs_videos
+def test_ffmpeg_clamps_to_the_last_decodable_frame_when_the_header_overstates(monkeypatch):
+    monkeypatch.setattr(decode, "decord", None)
+    path = clip("mmaction2/part_0.mp4")  # 32 frames
+    info = probe(path)
+    liar = dataclasses.replace(info, num_frames=info.num_frames + 40)
+    frames = read_frames(path, [info.num_frames + 30, 3, info.num_frames + 10], info=liar)
+    reference = read_frames(path, [info.num_frames - 1, 3], info=info)
+    np.testing.assert_array_equal(frames[[0, 1, 2]], reference[[0, 1, 0]])
+
+
+@needs_videos
+def test_ffmpeg_probe_matches_decord_probe(monkeypatch):
+    if decode.decord is None:
+        pytest.skip("decord is not installed")
+    names = ["mmaction2/test.mp4", "decord/video_90.mov", "torchvision/SOX5yA1l24A.mp4"]
+    by_decord = [probe(clip(n)) for n in names]
+    monkeypatch.setattr(decode, "decord", None)
+    for name, expected in zip(names, by_decord):
+        got = probe(clip(name))
+        assert (got.num_frames, got.width, got.height, got.rotation) == (
+            expected.num_frames,
+            expected.width,
+            expected.height,
+            expected.rotation,
+        )
+        assert got.fps == pytest.approx(expected.fps, rel=1e-4)  # 29.97 printed, 30000/1001 restored
+
+
+@needs_videos
+def test_ffmpeg_is_killed_after_its_time_limit(monkeypatch):
+    monkeypatch.setattr(decode, "decord", None)
+    monkeypatch.setattr(decode, "FFMPEG_TIMEOUT_S", 0.001)  # no ffmpeg even starts that fast
+    with pytest.raises(VideoError) as err:
+        probe(clip("mmaction2/test.mp4"))
+    assert err.value.reason == "timed out after 0 s"
+
+
+@needs_videos
+def test_multi_stream_file_uses_the_best_stream(backend):
+    # nasa_13013.mp4 has a 320x180 25 fps stream and a 480x270 29.97 fps one; decord and ffmpeg both
+    # pick the larger, so probe and decode must agree on it.
+    path = clip("torchcodec/nasa_13013.mp4")
+    info = probe(path)
+    assert (info.width, info.height, info.num_frames) == (480, 270, 390)
+    assert read_frames(path, [0, 389], info=info).shape == (2, 270, 480, 3)
+
+
+@needs_videos
+def test_bundled_ffmpeg_binary_works_without_ffprobe(monkeypatch):
+    # pip-only installs have imageio-ffmpeg's binary (a different ffmpeg version) and no ffprobe.
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    monkeypatch.setattr(decode, "decord", None)
+    monkeypatch.setattr(decode, "_ffmpeg_exe", imageio_ffmpeg.get_ffmpeg_exe)
+    info = probe(clip("moviepy/no_duration.webm"))
+    assert (info.num_frames, info.width, info.height) == (74, 1280, 720)
+    assert info.fps == pytest.approx(15000 / 1001)
+    assert probe(clip("decord/video_270.mov")).rotation == 270
+    assert read_frames(clip("kinetics_i3d/v_CricketShot_g04_c01_rgb.gif"), [0, 78]).shape == (2, 224, 224, 3)
+    with pytest.raises(VideoError, match="no video stream"):
+        probe(clip("torchcodec/nasa_13013.mp4.audio.mp3"))
+
+
+def test_video_error_survives_pickling_and_one_argument_form():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(VideoError("a/b.mp4", "no video stream")))
+    assert (str(err), err.path, err.reason) == ("a/b.mp4: no video stream", "a/b.mp4", "no video stream")
+    assert str(VideoError("a/b.mp4: timed out after 60 s")) == "a/b.mp4: timed out after 60 s"
+
+
+# --------------------------------------------------------------------------------------------- sampling
+
+
+def test_segment_indices_test_mode_matches_mmaction2():
+    np.testing.assert_array_equal(segment_indices(300, 8), [18, 56, 93, 131, 168, 206, 243, 281])
+    # 5 frames, 8 segments: avg 0.625, centres 0.3125, 0.9375, 1.5625, ... truncated
+    np.testing.assert_array_equal(segment_indices(5, 8), [0, 0, 1, 2, 2, 3, 4, 4])
+    np.testing.assert_array_equal(segment_indices(1, 4), [0, 0, 0, 0])
+    assert segment_indices(300, 8).dtype == np.int64
+    with pytest.raises(ValueError):
+        segment_indices(0, 8)
+
+
+def test_segment_indices_train_mode():
+    draws = np.stack([segment_indices(300, 8, train=True, rng=np.random.default_rng(s)) for s in range(200)])
+    low = np.arange(8) * 37  # avg_interval = 300 // 8 = 37: frame i*37 + randint(37)
+    assert (draws >= low).all() and (draws <= low + 36).all()
+    assert len(np.unique(draws[:, 0])) > 20  # random inside the segment, not a fixed offset
+    same = [segment_indices(300, 8, train=True, rng=np.random.default_rng(7)) for _ in range(2)]
+    np.testing.assert_array_equal(*same)
+    # Shorter than T: mmaction2 rounds arange(T) * n / T (numpy rounds 2.5 to 2).
+    np.testing.assert_array_equal(segment_indices(5, 8, train=True), [0, 1, 1, 2, 2, 3, 4, 4])
+
+
+def test_view_indices():
+    np.testing.assert_array_equal(view_indices(300, 8, 1)[0], segment_indices(300, 8))
+    np.testing.assert_array_equal(view_indices(7, 16, 1)[0], segment_indices(7, 16))
+    views = view_indices(300, 8, 4)
+    assert views.shape == (4, 8)
+    # Clip c sits at (c + 0.5) / 4 of each 37.5-frame segment.
+    np.testing.assert_array_equal(views[:, 0], [4, 14, 23, 32])
+    np.testing.assert_array_equal(views[:, 1], [42, 51, 60, 70])
+    np.testing.assert_array_equal(views, view_indices(300, 8, 4))
+    assert view_indices(3, 8, 4).max() == 2
+
+
+def test_windows():
+    assert windows(30.0, 10.0) == [(0.0, 10.0), (10.0, 20.0), (20.0, 30.0)]
+    assert windows(35.0, 10.0)[-1] == (30.0, 35.0)
+    assert windows(30.0, 10.0, 5.0) == [(0.0, 10.0), (5.0, 15.0), (10.0, 20.0), (15.0, 25.0), (20.0, 30.0)]
+    # 30.003 s (a soundtrack's 3 ms): no 3 ms window at the end, the last one absorbs it.
+    assert windows(30.003, 10.0) == [(0.0, 10.0), (10.0, 20.0), (20.0, 30.003)]
+    assert windows(4.0, 10.0) == [(0.0, 4.0)]
+    assert windows(25.0, 5.0, 10.0) == [(0.0, 5.0), (10.0, 15.0), (20.0, 25.0)]
+    assert windows(0.0, 10.0) == []
+    many = windows(3600.0, 0.1)
+    assert len(many) == 36000 and many[-1][1] == 3600.0
+    with pytest.raises(ValueError):
+        windows(30.0, 0.0)
+
+
+def test_range_to_frames():
+    info = VideoInfo(path="v.mp4", num_frames=300, fps=30.0, duration=10.0, width=340, height=256, rotation=0)
+    assert range_to_frames(info, None, None) == (0, 300)
+    assert range_to_frames(info, 2.0, 4.0) == (60, 60)
+    assert range_to_frames(info, 0.1, 0.2) == (3, 3)  # 0.1 * 30 is 3.0000000000000004
+    assert range_to_frames(info, 9.0, 50.0) == (270, 30)
+    assert range_to_frames(info, 5.0, None) == (150, 150)
+    assert range_to_frames(info, 1.01, 1.02) == (30, 1)  # no frame starts inside: the one on screen
+    assert range_to_frames(info, 9.99, None) == (299, 1)
+    assert range_to_frames(info, -1.0, 0.5) == (0, 15)
+    ntsc = dataclasses.replace(info, fps=30000 / 1001)
+    assert range_to_frames(ntsc, 0.0, 10.0) == (0, 300)
+    for start, end in [(12.0, 15.0), (10.0, None), (4.0, 3.0), (None, 0.0)]:
+        with pytest.raises(VideoError):
+            range_to_frames(info, start, end)
+    # Every frame lands in exactly one window.
+    spans = [range_to_frames(info, s, e) for s, e in windows(info.duration, 3.0)]
+    assert spans == [(0, 90), (90, 90), (180, 90), (270, 30)]
+    assert [f for first, n in spans for f in range(first, first + n)] == list(range(300))
+
+
+# ------------------------------------------------------------------------------------------- transforms
+
+
+def test_short_side_for():
+    assert short_side_for(224) == 256 and short_side_for(336) == 384
+    assert short_side_for(224, 3) == 224
+    with pytest.raises(ValueError):
+        short_side_for(224, 2)
+
+
+def test_normalize_mean_colour_is_zero():
+    frames = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1).expand(2, 3, 4, 4)
+    assert torch.allclose(normalize(frames), torch.zeros(2, 3, 4, 4))
+    white = normalize(torch.full((1, 3, 1, 1), 255.0))
+    assert torch.allclose(white.flatten(), (255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD))
+
+
+def test_test_views_shapes_and_values():
+    colour = np.array([124, 116, 104], np.uint8)
+    frames = np.broadcast_to(colour, (4, 360, 640, 3))
+    one = test_views(frames, image_size=224)
+    three = test_views(frames, image_size=224, crops=3)
+    assert one.shape == (1, 4, 3, 224, 224) and one.dtype == torch.float32
+    assert three.shape == (3, 4, 3, 224, 224)
+    assert one.is_contiguous() and three.is_contiguous()  # callers reshape to [views * N, 3, S, S]
+    expected = (torch.tensor(colour, dtype=torch.float32) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(
+        IMAGENET_STD
+    )
+    assert torch.allclose(one, expected.view(1, 1, 3, 1, 1).expand_as(one), atol=1e-5)
+    portrait = torch.zeros(2, 500, 300, 3, dtype=torch.uint8)
+    assert test_views(portrait, image_size=224, crops=3).shape == (3, 2, 3, 224, 224)
+
+
+def test_test_views_crop_positions():
+    # Red channel = column index: crops can be located from their first column.
+    width = 400
+    frame = np.zeros((1, 224, width, 3), np.uint8)
+    frame[..., 0] = np.arange(width, dtype=np.uint8)[None, None, :] // 2
+    three = test_views(frame, image_size=224, crops=3, mean=(0, 0, 0), std=(1, 1, 1))
+    firsts = three[:, 0, 0, 0, 0].tolist()
+    assert firsts == [0.0, 176 // 2, 88 // 2]  # ThreeCrop order: left, right (2 * 88), middle (88)
+    one = test_views(frame, image_size=200, mean=(0, 0, 0), std=(1, 1, 1))  # short side -> 228
+    assert one.shape == (1, 1, 3, 200, 200)
+    # Resized to 228 x 407, centre crop starts at (407 - 200) // 2 = 103 -> original column ~ 103 * 400/407.
+    assert abs(one[0, 0, 0, 100, 0].item() - 103 * width / 407 / 2) <= 1.5
+
+
+def test_train_transform_deterministic_per_seed():
+    frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (8, 240, 320, 3), dtype=np.uint8))
+
+    def run(seed: int) -> torch.Tensor:
+        return train_transform(frames, image_size=224, generator=torch.Generator().manual_seed(seed))
+
+    first = run(1)
+    assert first.shape == (8, 3, 224, 224) and first.dtype == torch.float32 and first.is_contiguous()
+    assert torch.equal(first, run(1))
+    assert not torch.equal(first, run(2))
+
+
+def test_train_transform_augmentations_follow_the_official_recipe():
+    # Identical frames show which randomness is per clip (crop, flip, coin flips) and which is per
+    # frame (jitter factors). With p(jitter)=0.8 and p(grey)=0.2, 40 seeds show every case.
+    base = np.random.default_rng(1).integers(0, 256, (1, 256, 256, 3), dtype=np.uint8)
+    frames = np.repeat(base, 4, axis=0)
+    identical = jittered = grey = 0
+    for seed in range(40):
+        out = train_transform(
+            frames,
+            image_size=112,
+            generator=torch.Generator().manual_seed(seed),
+            mean=(0, 0, 0),
+            std=(1, 1, 1),
+        )
+        assert out.shape == (4, 3, 112, 112) and out.min() >= 0 and out.max() <= 255
+        same_frames = all(torch.equal(out[0], out[i]) for i in range(1, 4))
+        identical += same_frames
+        jittered += not same_frames
+        grey += bool(torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2]))
+    assert identical > 0 and jittered > 0 and grey > 0
+    assert 20 <= jittered <= 39  # about 80 % of clips
+
+
+def test_transforms_reject_non_uint8():
+    with pytest.raises(ValueError):
+        test_views(np.zeros((2, 32, 32, 3), np.float32), image_size=16)
+    with pytest.raises(ValueError):
+        train_transform(np.zeros((2, 32, 32), np.uint8), image_size=16, generator=torch.Generator())
+
+
+def test_video_package_does_not_import_the_model():
+    # Checked in the source: importing xclip_cli.video also runs the parent package's __init__,
+    # which may legitimately import the model.
+    package = Path(decode.__file__).parent
+    for source in package.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                assert "model" not in name.split("."), f"{source.name} imports {name}"

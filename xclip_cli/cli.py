@@ -1,0 +1,264 @@
+"""The `xclip` command. Thin: parse options, call the library, render; errors become one line + exit code."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import __version__
+
+#: Exit codes (documented in the README).
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+app = typer.Typer(
+    name="xclip",
+    help="Tag, evaluate and fine-tune video libraries with X-CLIP (Ni et al., ECCV 2022).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+log = logging.getLogger("xclip_cli")
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    jsonl = "jsonl"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    """Print one clear line on stderr; the caller raises the returned Exit."""
+    typer.echo(f"xclip: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="xclip: %(message)s", stream=sys.stderr, force=True)
+    for noisy in ("open_clip", "huggingface_hub", "urllib3", "httpx"):
+        logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"xclip-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log lines on stderr.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = None,
+) -> None:
+    _setup_logging(verbose, quiet)
+
+
+def _user_errors():
+    """The typed errors users can cause, with their exit codes (imported lazily: torch is slow to load)."""
+    from .data.labels import LabelsError
+    from .errors import XClipError
+    from .reports import ReportError
+    from .video.decode import VideoError
+
+    return XClipError, LabelsError, ReportError, VideoError
+
+
+def _raise_on_sigterm() -> None:
+    """SIGTERM (e.g. from a job scheduler) ends the run like Ctrl-C: finish writing, exit 130."""
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@app.command()
+def tag(
+    paths: Annotated[list[str], typer.Argument(help="Files, folders, glob patterns, or - to read paths from stdin.")],
+    labels: Annotated[list[Path], typer.Option("--labels", "-l", help="Label file: one per line (# comments) or a CSV with a name column.")] = [],  # noqa: B006
+    label: Annotated[list[str], typer.Option("--label", help="A label (repeatable).")] = [],  # noqa: B006
+    template: Annotated[list[str], typer.Option("--template", help='Prompt template with {} (repeatable: averaged). Default: the bare label, as the model was trained.')] = [],  # noqa: B006
+    model: Annotated[str, typer.Option("--model", "-m", envvar="XCLIP_MODEL", help="Registry name, checkpoint path, folder or hub id.")] = "xclip-b32-k400",
+    frames: Annotated[Optional[int], typer.Option(help="Frames per view; must match the checkpoint.")] = None,
+    views: Annotated[str, typer.Option(help="CLIPSxCROPS views per video, e.g. 4x3 as in the paper.")] = "1x1",
+    device: Annotated[str, typer.Option(envvar="XCLIP_DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[Precision, typer.Option(help="fp32; bf16 (CPU with AMX, or CUDA); fp16 (CUDA).")] = Precision.fp32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Videos per model batch.")] = 4,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Decoding processes (0: decode in the main process).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for the model.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds before a file that hangs a decoder is abandoned.")] = 120.0,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Labels reported per video.")] = 5,
+    multi_label: Annotated[bool, typer.Option("--multi-label", help="Report every label scoring at least --threshold.")] = False,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Score threshold for --multi-label.")] = 0.1,
+    window: Annotated[Optional[float], typer.Option(help="Tag consecutive windows of this many seconds.")] = None,
+    stride: Annotated[Optional[float], typer.Option(help="Seconds between window starts (default: --window).")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Report file (.csv, .json, .jsonl); default stdout.")] = None,
+    fmt: Annotated[Optional[Format], typer.Option("--format", "-f", help="Default: from --output, else table on a terminal, JSONL in a pipe.")] = None,
+    resume: Annotated[bool, typer.Option(help="Skip inputs already in --output for the same model, frames, views and vocabulary.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --output.")] = False,
+    cache: Annotated[Optional[Path], typer.Option(help="Feature cache folder: re-tagging with new labels skips decoding.")] = None,
+    ext: Annotated[Optional[str], typer.Option(help="Comma-separated extensions to take from folders.")] = None,
+    null: Annotated[bool, typer.Option("--null", "-0", help="Paths on stdin are NUL-separated (find -print0).")] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bar on stderr (only on a terminal).")] = True,
+) -> None:
+    """Score every video against your labels and write a report (stdout or --output)."""
+    XClipError, LabelsError, ReportError, VideoError = _user_errors()
+    from .data.discover import DEFAULT_EXTENSIONS, discover, normalize_extensions
+    from .reports import format_for, open_writer, read_report
+
+    _raise_on_sigterm()
+    if "-" in paths and sys.stdin.isatty():
+        log.warning("reading paths from the terminal; end with Ctrl-D")
+    try:
+        found = discover(
+            paths, extensions=normalize_extensions(ext) if ext else DEFAULT_EXTENSIONS, stdin=sys.stdin, null=null
+        )
+    except ValueError as err:
+        raise fail(str(err), EXIT_USAGE) from None
+    if not found.paths:
+        raise fail("no input videos found" + (f" ({'; '.join(found.problems[:3])})" if found.problems else ""), EXIT_USAGE)
+    for problem in found.problems:
+        log.warning("%s", problem)
+    if not labels and not label:
+        raise fail("no labels: pass --labels FILE and/or --label TEXT", EXIT_USAGE)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        report_format = format_for(output, fmt.value if fmt else None, sys.stdout.isatty())
+        from .tagging import prepare
+
+        run = prepare(
+            labels=label, labels_files=labels, templates=template, model=model, frames=frames, views=views,
+            window=window, stride=stride, device=device, precision=precision.value, batch_size=batch_size,
+            workers=min(2, os.cpu_count() or 1) if workers is None else workers, timeout=timeout,
+            top_k=top_k, threshold=threshold if multi_label else None, cache=cache,
+        )
+        writer = open_writer(output, report_format, resume=resume, overwrite=overwrite)
+    except (LabelsError, ValueError) as err:
+        raise fail(str(err), EXIT_USAGE) from None
+    except ReportError as err:
+        raise fail(str(err), EXIT_USAGE) from None
+    except XClipError as err:
+        raise fail(str(err), EXIT_MODEL if err.exit_code == 1 else err.exit_code) from None
+
+    from .tagging import completed_paths
+    from .video.clips import VideoTask
+
+    done = completed_paths(read_report(output), run) if resume and output and Path(output).exists() else set()
+    tasks = [VideoTask(str(p)) for p in found.paths if str(p) not in done]
+    if done:
+        log.info("resuming: %d of %d inputs already in %s", len(found.paths) - len(tasks), len(found.paths), output)
+    failed = 0
+    try:
+        with writer, _progress(len(tasks), enabled=progress) as advance:
+            for rows in run.run(tasks):
+                for row in rows:
+                    writer.write(row)
+                    if row["error"]:
+                        failed += 1
+                        log.warning("%s: %s", row["path"], row["error"])
+                if writer.broken_pipe:
+                    break
+                advance(rows[0]["path"])
+    except KeyboardInterrupt:
+        typer.echo(f"xclip: interrupted; {writer.rows_written} rows written", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except ReportError as err:
+        raise fail(str(err), EXIT_SOME_FAILED) from None
+    if failed:
+        log.warning("%d of %d inputs failed (their rows carry the error)", failed, len(tasks))
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+class _progress:
+    """A rich progress bar on stderr, only when stderr is a terminal (logs stay readable in files)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled and sys.stderr.isatty()
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda path: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("[bold]tagging"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("{task.description}"), console=Console(stderr=True), transient=True,
+        )
+        self.bar.start()
+        task = self.bar.add_task("", total=self.total)
+        return lambda path: self.bar.update(task, advance=1, description=Path(path).name[-40:])
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.bar.stop()
+
+
+@app.command()
+def models(
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="table, csv, json or jsonl.")] = Format.table,
+) -> None:
+    """List the registry: the published X-CLIP checkpoints and CLIP backbones, and which are local."""
+    from . import weights
+
+    rows = [weights.describe(entry) for entry in weights.registry().values()]
+    if fmt == Format.table:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("name", "backbone", "frames", "trained on", "top-1", "source", "local")
+        for r in rows:
+            table.add_row(
+                r["name"], r["backbone"], str(r["frames"] or "any"), r["trained_on"],
+                f"{r['top1']:.1f}" if r["top1"] else "", r["source"], "yes" if r["available"] else "no",
+            )
+        Console().print(table)
+        typer.echo(f"local weights folder: {weights.weights_dir()}", err=True)
+        return
+    import csv
+    import json
+
+    if fmt == Format.csv:
+        out = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
+        out.writeheader()
+        out.writerows(rows)
+    elif fmt == Format.json:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            typer.echo(json.dumps(r))
+
+
+def main() -> None:
+    """Console entry point: typed user errors become one line and an exit code, never a traceback."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("xclip: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as err:  # noqa: BLE001
+        if isinstance(err, _user_errors()):
+            typer.echo(f"xclip: error: {err}", err=True)
+            sys.exit(getattr(err, "exit_code", EXIT_SOME_FAILED))
+        raise

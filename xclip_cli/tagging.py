@@ -1,0 +1,356 @@
+"""The tag pipeline: files -> views (worker processes) -> video features -> scores -> rows.
+
+The text side is encoded once per vocabulary. Video features can be kept in a feature cache, so
+re-tagging with another vocabulary decodes nothing and skips the visual encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data.labels import Vocabulary, build_vocabulary
+from .model import XCLIP, VideoFeatures, load_model
+from .video.clips import Clip, ClipSpec, VideoTask, load_clips, parse_views
+from .workers import DONE, ERROR, ITEM, WorkerPool, run_inline
+
+log = logging.getLogger(__name__)
+
+
+# -- text ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def encode_vocabulary(model: XCLIP, vocabulary: Vocabulary, batch_size: int = 256) -> torch.Tensor:
+    """``[K, D]`` text features, once per vocabulary. Several templates are averaged in embedding space."""
+    texts = [text for label in vocabulary.labels for text in vocabulary.texts(label)]
+    feats = torch.cat(
+        [model.encode_text(model.tokenize(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
+    )
+    return feats.view(len(vocabulary.labels), len(vocabulary.templates), -1).mean(dim=1)
+
+
+# -- scores -------------------------------------------------------------------------------------------
+@torch.no_grad()
+def view_probabilities(model: XCLIP, features: VideoFeatures, text: torch.Tensor, views: int) -> torch.Tensor:
+    """Softmax over the vocabulary per view, averaged over each video's `views` (official: summed)."""
+    probs = model.logits(features, text).softmax(dim=-1)
+    return probs.view(-1, views, probs.shape[-1]).mean(dim=1).cpu()
+
+
+def score_fields(probs: torch.Tensor, labels: Sequence[str], top_k: int, threshold: float | None) -> dict[str, Any]:
+    """The score columns of a row from one video's ``[K]`` probabilities."""
+    order = torch.argsort(probs, descending=True).tolist()
+    if threshold is None:
+        kept = order[: max(1, top_k)]
+    else:
+        kept = [i for i in order if probs[i] >= threshold]
+    return {
+        "label": labels[order[0]],
+        "score": float(probs[order[0]]),
+        "labels": [labels[i] for i in kept],
+        "scores": [float(probs[i]) for i in kept],
+        "all_scores": {labels[i]: float(probs[i]) for i in range(len(labels))},
+    }
+
+
+# -- feature cache ------------------------------------------------------------------------------------
+def file_fingerprint(path: str, chunk: int = 1 << 20) -> str:
+    """Size, mtime and a hash of the first and last MiB: cheap, and changes when the file does."""
+    st = os.stat(path)
+    digest = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(chunk))
+        if st.st_size > chunk:
+            f.seek(max(chunk, st.st_size - chunk))
+            digest.update(f.read(chunk))
+    return digest.hexdigest()
+
+
+def model_fingerprint(model: XCLIP) -> str:
+    """Identifies the weights (not just the name): config, precision and a few learned tensors."""
+    digest = hashlib.sha256(model.config.to_json().encode())
+    digest.update(str(model.dtype).encode())
+    state = model.state_dict()
+    for key in ("mit.positional_embedding", "visual.proj", "prompts_visual_proj", "visual.ln_post.weight"):
+        digest.update(state[key].detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class FeatureCache:
+    """One safetensors file per (video file, model, frames, views, window) holding every clip's features."""
+
+    def __init__(self, root: str | Path, model: XCLIP, spec: ClipSpec) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.context = json.dumps(
+            {"model": model_fingerprint(model), "frames": spec.frames, "image_size": spec.image_size,
+             "views": spec.views_label, "window": spec.window, "stride": spec.stride, "version": 1},
+            sort_keys=True,
+        )
+
+    def key(self, task: VideoTask) -> str:
+        ident = f"{self.context}|{file_fingerprint(task.path)}|{task.start}|{task.end}"
+        return hashlib.sha256(ident.encode()).hexdigest()
+
+    def _file(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def get(self, key: str) -> list[tuple[dict[str, Any], VideoFeatures]] | None:
+        from safetensors import SafetensorError
+        from safetensors.torch import safe_open
+
+        path = self._file(key)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = json.loads(f.metadata()["clips"])
+                embedding, tokens = f.get_tensor("embedding"), f.get_tensor("prompt_tokens")
+        except (SafetensorError, OSError, KeyError, ValueError) as err:
+            log.warning("ignoring unreadable cache entry %s (%s)", path, err)
+            return None
+        views = embedding.shape[0] // max(1, len(meta))
+        return [
+            (m, VideoFeatures(embedding[i * views : (i + 1) * views], tokens[i * views : (i + 1) * views]))
+            for i, m in enumerate(meta)
+        ]
+
+    def put(self, key: str, clips: list[tuple[dict[str, Any], VideoFeatures]]) -> None:
+        from safetensors.torch import save_file
+
+        path = self._file(key)
+        path.parent.mkdir(exist_ok=True)
+        feats = VideoFeatures.cat([f for _, f in clips]).to("cpu")
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file(
+            {"embedding": feats.embedding.contiguous(), "prompt_tokens": feats.prompt_tokens.contiguous()},
+            str(tmp),
+            metadata={"clips": json.dumps([m for m, _ in clips])},
+        )
+        tmp.replace(path)
+
+
+# -- the pipeline -------------------------------------------------------------------------------------
+@dataclass
+class _Pending:
+    """A task whose clips are being decoded and encoded."""
+
+    task: VideoTask
+    cache_key: str | None = None
+    clips: list[tuple[dict[str, Any], VideoFeatures | None]] = field(default_factory=list)
+    decoded: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.decoded and all(f is not None for _, f in self.clips)
+
+
+@dataclass
+class TagRun:
+    """A loaded model and vocabulary, ready to tag any number of inputs (the CLI keeps one per run)."""
+
+    model: XCLIP
+    vocabulary: Vocabulary
+    spec: ClipSpec
+    model_name: str
+    batch_size: int = 4
+    workers: int = 2
+    timeout: float = 120.0
+    top_k: int = 5
+    threshold: float | None = None
+    cache: FeatureCache | None = None
+    text: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.text = encode_vocabulary(self.model, self.vocabulary)
+
+    def base_row(self, task: VideoTask) -> dict[str, Any]:
+        return {
+            "path": task.path, "start": task.start, "end": task.end, "label": None, "score": None,
+            "labels": [], "scores": [], "duration": None, "frames": self.spec.frames,
+            "views": self.spec.views_label, "model": self.model_name, "vocabulary": self.vocabulary.key,
+            "error": None,
+        }
+
+    def error_row(self, task: VideoTask, message: str) -> dict[str, Any]:
+        row = self.base_row(task)
+        # The row names the file already: keep just the cause.
+        row["error"] = message.removeprefix(f"{task.path}: ")
+        return row
+
+    def _rows(self, pending: _Pending) -> list[dict[str, Any]]:
+        feats = VideoFeatures.cat([f for _, f in pending.clips])
+        probs = view_probabilities(self.model, feats, self.text, self.spec.views)
+        rows = []
+        for (meta, _), p in zip(pending.clips, probs):
+            row = self.base_row(pending.task)
+            row.update(start=meta["start"], end=meta["end"], duration=meta["duration"])
+            row.update(score_fields(p, self.vocabulary.labels, self.top_k, self.threshold))
+            rows.append(row)
+        return rows
+
+    @torch.no_grad()
+    def _encode(self, batch: list[tuple[_Pending, int, Clip]]) -> None:
+        views = torch.cat([clip.views for _, _, clip in batch])
+        feats = self.model.encode_video(views.to(self.model.device, non_blocking=True)).to("cpu")
+        n = self.spec.views
+        for j, (pending, index, clip) in enumerate(batch):
+            pending.clips[index] = (pending.clips[index][0], feats[j * n : (j + 1) * n])
+
+    def run(self, tasks: Sequence[VideoTask]) -> Iterator[list[dict[str, Any]]]:
+        """Yield each task's rows (one per clip/window, or one error row), in input order."""
+        ready: dict[int, list[dict[str, Any]]] = {}
+        pending: dict[int, _Pending] = {}
+        to_decode: list[tuple[int, VideoTask]] = []
+        next_out = 0
+
+        def drain() -> Iterator[list[dict[str, Any]]]:
+            nonlocal next_out
+            while next_out in ready:
+                yield ready.pop(next_out)
+                next_out += 1
+
+        for i, task in enumerate(tasks):
+            key = None
+            if self.cache is not None:
+                try:
+                    key = self.cache.key(task)
+                except OSError as err:
+                    ready[i] = [self.error_row(task, f"{task.path}: cannot read ({err.strerror})")]
+                    continue
+                hit = self.cache.get(key)
+                if hit is not None:
+                    ready[i] = self._rows(_Pending(task, key, list(hit), decoded=True))
+                    continue
+            pending[i] = _Pending(task, key)
+            to_decode.append((i, task))
+        yield from drain()
+
+        loader: Callable[[VideoTask], Iterable[Clip]] = partial(load_clips, spec=self.spec)
+        pool = WorkerPool(loader, self.workers, self.timeout) if self.workers > 0 and to_decode else None
+        stream = pool.run(to_decode) if pool else run_inline(loader, to_decode)
+        batch: list[tuple[_Pending, int, Clip]] = []
+
+        def finish_ready() -> None:
+            for i in [i for i, p in pending.items() if p.complete]:
+                p = pending.pop(i)
+                if self.cache is not None and p.cache_key is not None:
+                    self.cache.put(p.cache_key, p.clips)
+                ready[i] = self._rows(p)
+
+        try:
+            for i, kind, payload in stream:
+                p = pending.get(i)
+                if p is None:
+                    continue
+                if kind == ITEM:
+                    meta = {"start": payload.start, "end": payload.end, "duration": payload.duration}
+                    p.clips.append((meta, None))
+                    batch.append((p, len(p.clips) - 1, payload))
+                    if len(batch) >= self.batch_size:
+                        self._encode(batch)
+                        batch = []
+                elif kind == DONE:
+                    p.decoded = True
+                    if not p.clips:
+                        pending.pop(i)
+                        ready[i] = [self.error_row(p.task, f"{p.task.path}: no frames in the requested range")]
+                else:  # ERROR: the file's partial clips are dropped; one error row stands for it
+                    pending.pop(i)
+                    batch = [b for b in batch if b[0] is not p]
+                    ready[i] = [self.error_row(p.task, payload)]
+                if kind != ITEM or not batch:
+                    finish_ready()
+                    yield from drain()
+            if batch:
+                self._encode(batch)
+            finish_ready()
+            yield from drain()
+        finally:
+            if pool is not None:
+                pool.close()
+
+
+def completed_paths(rows: Iterable[dict[str, Any]], run: TagRun) -> set[str]:
+    """Inputs a report already holds for this run (same model, frames, views, vocabulary).
+
+    Failed inputs are not complete (they are tried again). In window mode a file counts only when its
+    rows reach the end of the video, so a file cut short by a kill is redone (the writer drops the
+    rows it already has).
+    """
+    reach: dict[str, bool] = {}
+    for row in rows:
+        same = (row.get("model"), row.get("frames"), row.get("views"), row.get("vocabulary")) == (
+            run.model_name, run.spec.frames, run.spec.views_label, run.vocabulary.key,
+        )
+        if not same or row.get("error"):
+            continue
+        path = row["path"]
+        if run.spec.window is None:
+            reach[path] = True
+        else:
+            end, duration = row.get("end"), row.get("duration")
+            at_end = end is not None and duration is not None and end >= duration - 1e-3
+            reach[path] = reach.get(path, False) or at_end
+    return {path for path, ok in reach.items() if ok}
+
+
+def prepare(
+    *,
+    labels: Sequence[str] = (),
+    labels_files: Sequence[str | Path] = (),
+    templates: Sequence[str] = (),
+    model: str | XCLIP = "xclip-b32-k400",
+    frames: int | None = None,
+    views: str = "1x1",
+    window: float | None = None,
+    stride: float | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    batch_size: int = 4,
+    workers: int = 2,
+    timeout: float = 120.0,
+    top_k: int = 5,
+    threshold: float | None = None,
+    cache: str | Path | None = None,
+) -> TagRun:
+    """Load the model, encode the vocabulary and set up sampling once; see :func:`tag`."""
+    vocabulary = build_vocabulary(labels_files, labels, templates)
+    for problem in vocabulary.problems:
+        log.warning("%s", problem)
+    clips, crops = parse_views(views)
+    model_name = model if isinstance(model, str) else getattr(model, "source", "model")
+    net = load_model(model, device=device, precision=precision, frames=frames) if isinstance(model, str) else model
+    if window is not None and window <= 0:
+        raise ValueError(f"--window must be positive, got {window}")
+    spec = ClipSpec(
+        frames=net.frames, image_size=net.image_size, clips=clips, crops=crops,
+        mean=net.mean, std=net.std, window=window, stride=stride,
+    )
+    feature_cache = FeatureCache(cache, net, spec) if cache is not None else None
+    return TagRun(
+        net, vocabulary, spec, str(model_name), batch_size=batch_size, workers=workers, timeout=timeout,
+        top_k=top_k, threshold=threshold, cache=feature_cache,
+    )
+
+
+def tag(paths: Sequence[str | Path | VideoTask], **options: Any) -> Iterator[dict[str, Any]]:
+    """Tag videos with a vocabulary: yields one row per video (or per window), in input order.
+
+    ``tag(["a.mp4", "b.mkv"], labels=["ride a bike", "swim"])``; ``labels_files``, ``templates``,
+    ``model``, ``frames``, ``views``, ``window``, ``stride``, ``device``, ``precision``,
+    ``batch_size``, ``workers``, ``top_k``, ``threshold`` and ``cache`` are the options of
+    ``xclip tag``. Unreadable videos give a row whose ``error`` says why.
+    """
+    run = prepare(**options)
+    tasks = [p if isinstance(p, VideoTask) else VideoTask(str(p)) for p in paths]
+    for rows in run.run(tasks):
+        yield from rows

@@ -1,0 +1,92 @@
+"""From a file to model-ready views: the one decode -> sample -> normalise path of tag, eval and finetune."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .decode import VideoError, probe, read_frames
+from .sampling import range_to_frames, view_indices, windows
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, short_side_for, test_views
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """How to turn a video (or a time range of it) into views: ``clips x crops`` of ``frames`` frames.
+
+    With ``window`` the range is cut into consecutive windows of that many seconds (every ``stride``
+    seconds), each scored on its own.
+    """
+
+    frames: int
+    image_size: int
+    clips: int = 1
+    crops: int = 1
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    window: float | None = None
+    stride: float | None = None
+
+    @property
+    def views(self) -> int:
+        return self.clips * self.crops
+
+    @property
+    def views_label(self) -> str:
+        return f"{self.clips}x{self.crops}"
+
+
+@dataclass(frozen=True)
+class VideoTask:
+    """One input: a file, optionally restricted to ``[start, end)`` seconds."""
+
+    path: str
+    start: float | None = None
+    end: float | None = None
+
+
+@dataclass
+class Clip:
+    """The views of one video or one window of it: ``views`` is float32 ``[clips*crops, T, 3, S, S]``."""
+
+    start: float | None
+    end: float | None
+    duration: float | None
+    indices: list[int]
+    views: torch.Tensor
+
+
+def parse_views(text: str) -> tuple[int, int]:
+    """``"4x3"`` -> (4 clips, 3 crops). Crops are 1 (centre) or 3 (official three-crop)."""
+    try:
+        clips, crops = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"views must look like CLIPSxCROPS, e.g. 1x1 or 4x3; got {text!r}") from None
+    if clips < 1 or crops not in (1, 3):
+        raise ValueError(f"views {text!r}: clips must be >= 1 and crops 1 or 3")
+    return clips, crops
+
+
+def spans_of(task: VideoTask, duration: float | None, spec: ClipSpec) -> list[tuple[float | None, float | None]]:
+    """The time ranges of a task that get one row each: the task's range, or its windows."""
+    if spec.window is None:
+        return [(task.start, task.end)]
+    if duration is None:
+        raise VideoError(task.path, "unknown duration; cannot cut it into windows")
+    start = task.start or 0.0
+    end = min(task.end, duration) if task.end is not None else duration
+    return [(start + s, start + e) for s, e in windows(max(0.0, end - start), spec.window, spec.stride)]
+
+
+def load_clips(task: VideoTask, spec: ClipSpec) -> Iterator[Clip]:
+    """Probe `task`'s file and yield its clips one window at a time, decoding only the sampled frames."""
+    info = probe(task.path)
+    for start, end in spans_of(task, info.duration, spec):
+        first, count = range_to_frames(info, start, end)
+        indices = (view_indices(count, spec.frames, spec.clips) + first).reshape(-1)
+        frames = read_frames(task.path, indices, short_side=short_side_for(spec.image_size, spec.crops), info=info)
+        views = test_views(frames, image_size=spec.image_size, crops=spec.crops, mean=spec.mean, std=spec.std)
+        views = views.reshape(spec.crops * spec.clips, spec.frames, *views.shape[2:])
+        yield Clip(start, end, info.duration, indices.tolist(), views)

@@ -1,0 +1,155 @@
+"""Decode in worker processes, overlapped with the model, and abandon a file that hangs a decoder.
+
+A torch DataLoader stops the whole run when one worker hangs or crashes; a video library always holds
+a file that makes some decoder hang or segfault. So each task (one file) runs in a worker process of
+our own; its results stream back through a bounded queue; a worker silent for longer than the
+per-file timeout, or one that died, is killed and replaced and its file reported as failed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch.multiprocessing  # noqa: F401 - registers shared-memory pickling of tensors
+
+ITEM, DONE, ERROR = "item", "done", "error"
+
+TaskFn = Callable[[Any], Iterable[Any]]
+
+
+@dataclass
+class _Worker:
+    process: Any
+    tasks: Any
+    key: Any = None
+    since: float = 0.0
+
+
+def _worker_main(fn: TaskFn, tasks: Any, results: Any, wid: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    import torch
+
+    torch.set_num_threads(1)
+    while True:
+        job = tasks.get()
+        if job is None:
+            return
+        key, task = job
+        try:
+            for item in fn(task):
+                results.put((wid, key, ITEM, item))
+            results.put((wid, key, DONE, None))
+        except Exception as err:  # noqa: BLE001 - every failure is reported as that file's error
+            results.put((wid, key, ERROR, str(err) or type(err).__name__))
+
+
+def run_inline(fn: TaskFn, tasks: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, str, Any]]:
+    """The same stream without worker processes (``--workers 0``): no timeout, easiest to debug."""
+    for key, task in tasks:
+        try:
+            for item in fn(task):
+                yield key, ITEM, item
+            yield key, DONE, None
+        except Exception as err:  # noqa: BLE001
+            yield key, ERROR, str(err) or type(err).__name__
+
+
+class WorkerPool:
+    """Runs ``fn(task)`` (a generator) per task in `workers` processes; see :meth:`run`."""
+
+    def __init__(self, fn: TaskFn, workers: int, timeout: float = 120.0, queue_size: int | None = None) -> None:
+        self.fn = fn
+        self.timeout = timeout
+        self._ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        self._results = self._ctx.Queue(maxsize=queue_size or 2 * workers + 2)
+        self._workers = [self._spawn(i) for i in range(workers)]
+
+    def _spawn(self, wid: int) -> _Worker:
+        tasks = self._ctx.SimpleQueue()
+        process = self._ctx.Process(target=_worker_main, args=(self.fn, tasks, self._results, wid), daemon=True)
+        process.start()
+        return _Worker(process, tasks)
+
+    def run(self, tasks: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, str, Any]]:
+        """Yield ``(key, kind, payload)``: ITEM for each item a task produces, then DONE or ERROR.
+
+        Time the caller spends between two yields (running the model) is not counted against the
+        workers' timeout: they may just be waiting for queue space.
+        """
+        pending = iter(tasks)
+        exhausted = False
+        while True:
+            for wid, worker in enumerate(self._workers):
+                if worker.key is None and not exhausted:
+                    job = next(pending, None)
+                    if job is None:
+                        exhausted = True
+                        break
+                    worker.key, worker.since = job[0], time.monotonic()
+                    worker.tasks.put(job)
+            busy = [w for w in self._workers if w.key is not None]
+            if not busy and exhausted:
+                return
+            try:
+                wid, key, kind, payload = self._results.get(timeout=0.2)
+            except queue.Empty:
+                for failure in self._reap():
+                    yield failure
+                continue
+            worker = self._workers[wid]
+            if worker.key != key:  # a late message from a worker we already gave up on
+                continue
+            worker.since = time.monotonic()
+            if kind != ITEM:
+                worker.key = None
+            paused = time.monotonic()
+            yield key, kind, payload
+            paused = time.monotonic() - paused
+            for w in self._workers:
+                w.since += paused
+
+    def _reap(self) -> Iterator[tuple[Any, str, str]]:
+        now = time.monotonic()
+        for wid, worker in enumerate(self._workers):
+            if worker.key is None:
+                continue
+            if not worker.process.is_alive():
+                code = worker.process.exitcode
+                why = f"decoder crashed (signal {-code})" if code and code < 0 else f"decoder exited ({code})"
+            elif now - worker.since > self.timeout:
+                why = f"timed out after {self.timeout:g} s (decoder hung)"
+            else:
+                continue
+            key = worker.key
+            self._kill(worker)
+            self._workers[wid] = self._spawn(wid)
+            yield key, ERROR, why
+
+    @staticmethod
+    def _kill(worker: _Worker) -> None:
+        if worker.process.is_alive():
+            os.kill(worker.process.pid, signal.SIGKILL)
+        worker.process.join(timeout=5)
+
+    def close(self) -> None:
+        for worker in self._workers:
+            if worker.key is None and worker.process.is_alive():
+                worker.tasks.put(None)
+        for worker in self._workers:
+            worker.process.join(timeout=0.5)
+            if worker.process.is_alive():
+                self._kill(worker)
+        self._results.cancel_join_thread()
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
