@@ -2,10 +2,12 @@
 
 Two backends:
 
-* decord (the official X-CLIP decoder): fast random access to a handful of frames. It fails on some
-  inputs (GIF, WebM without a duration, AV1, 1x1-pixel video, files with a damaged packet).
+* decord (the official X-CLIP decoder): fast random access to a handful of frames. It cannot open
+  some inputs (GIF, WebM without a duration, AV1, 1x1-pixel video).
 * the ffmpeg command-line tool, driven through ffmpeg-python: slower to start, but it reads
   anything ffmpeg reads. Used whenever decord is missing or cannot open or decode a file.
+
+A packet the decoder rejects (a damaged file) is an error in both backends, not a frame to conceal.
 
 Both backends return frames upright (rotation metadata applied: decord >= 0.6 and ffmpeg's
 autorotate both honour it) and pick the same stream when a file has several video streams (ffmpeg's
@@ -384,7 +386,10 @@ def _ffmpeg_decode_args(
     stream = stream.output("pipe:", vf=f"select={select},scale={width}:{height}", **output_options)
     args = stream.compile(cmd=_ffmpeg_exe())
     out = args.index("pipe:")
-    return args[:out] + _passthrough_option + args[out:]  # every selected frame exactly once
+    # Passthrough: every selected frame exactly once. -xerror: stop at the first packet the decoder
+    # rejects (as decord does) rather than hand out concealed, damaged frames; messages about
+    # concealment alone do not stop it.
+    return args[:out] + _passthrough_option + ["-xerror"] + args[out:]
 
 
 def _ffmpeg_select(
@@ -409,8 +414,8 @@ def _ffmpeg_select(
         raise VideoError(path, str(exc)) from None
     if returncode != 0:
         raise VideoError(path, f"cannot decode video ({_ffmpeg_cause(stderr, path)})")
-    if stderr.strip():
-        log.warning("%s: ffmpeg reported errors while decoding: %s", path, _ffmpeg_cause(stderr, path))
+    if stderr.strip():  # decoding errors stopped ffmpeg above; what is left is muxer chatter
+        log.debug("%s: ffmpeg said: %s", path, _ffmpeg_cause(stderr, path))
     return [np.frombuffer(chunk, np.uint8).reshape(height, width, 3) for chunk in raw]
 
 
