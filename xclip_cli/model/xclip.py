@@ -297,7 +297,10 @@ class XCLIP(nn.Module):
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
         """``[K, L]`` token ids -> ``[K, D]`` text features (EOT pooling, projected, not normalised)."""
         ids = ids.to(self.device)
-        length = ids.shape[1]
+        # The tower is causal and pools at the end token, so the padding after the longest label's end
+        # token cannot change any output: dropping it makes a large vocabulary several times cheaper.
+        length = int(ids.argmax(dim=-1).max()) + 1
+        ids = ids[:, :length]
         x = self.token_embedding(ids) + self.positional_embedding[:length].to(self.dtype)
         x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
         x = self.ln_final(x)
