@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import pickle
 import os
+import pickle
 
 import pytest
 import torch
-
 from helpers import SHARED, TINY, frames_for, hf_model_from, randomize, save_official, tiny_model
+
 from xclip_cli import load_model, save_model
 from xclip_cli.errors import FrameCountError, WeightsError
 from xclip_cli.model import XCLIP, XCLIPConfig
-from xclip_cli.model.checkpoints import official_to_hf
 
 LABELS = ["ride a bike", "swimming", "playing guitar in the rain"]
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-
 from helpers import VIDEOS
 
 pytestmark = pytest.mark.skipif(not VIDEOS.is_dir(), reason="../shared/data/videos not present")
@@ -108,8 +106,8 @@ def test_killed_run_resumes_without_duplicates(tiny_dir, tmp_path, sig):
 
 
 def test_cache_skips_decoding_and_matches(tiny_dir, tmp_path, monkeypatch):
-    from xclip_cli import tag
     import xclip_cli.video.clips as clips_module
+    from xclip_cli import tag
 
     files = [VIDEOS / "torchvision/v_SoccerJuggling_g23_c01.avi", VIDEOS / "decord/video_90.mov"]
     opts = dict(model=str(tiny_dir), workers=0, cache=tmp_path / "cache")
@@ -139,8 +137,8 @@ def test_window_segments_cover_a_30s_clip(tiny_dir):
     rows = jsonl(proc.stdout)
     spans = [(r["start"], r["end"]) for r in rows]
     assert len(spans) == 3 and spans[0][0] == 0
-    for (s1, e1), (s2, e2) in zip(spans, spans[1:]):
-        assert e1 == pytest.approx(s2)
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert end == pytest.approx(start)
     assert spans[-1][1] == pytest.approx(rows[0]["duration"], abs=1e-3)
     assert rows[0]["duration"] == pytest.approx(30.0, abs=0.1)
 

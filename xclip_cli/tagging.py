@@ -21,7 +21,7 @@ import torch
 from .data.labels import Vocabulary, build_vocabulary
 from .model import XCLIP, VideoFeatures, load_model
 from .video.clips import Clip, ClipSpec, VideoTask, load_clips, parse_views
-from .workers import DONE, ERROR, ITEM, WorkerPool, run_inline
+from .workers import DONE, ITEM, WorkerPool, run_inline
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class TagRun:
         views = torch.cat([clip.views for _, _, clip in batch])
         feats = self.model.encode_video(views.to(self.model.device, non_blocking=True)).to("cpu")
         n = self.spec.views
-        for j, (pending, index, clip) in enumerate(batch):
+        for j, (pending, index, _) in enumerate(batch):
             pending.clips[index] = (pending.clips[index][0], feats[j * n : (j + 1) * n])
 
     def run(self, tasks: Sequence[VideoTask]) -> Iterator[list[dict[str, Any]]]:

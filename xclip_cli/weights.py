@@ -136,7 +136,7 @@ def download_hf(repo: str, official_file: str | None = None) -> Path:
                 return Path(config).parent
             except EntryNotFoundError:
                 continue
-    except Exception as err:  # noqa: BLE001 - offline, no network, auth, missing repo: one message
+    except Exception as err:  # offline, no network, auth, missing repo: one message
         raise WeightsError(_missing_message(repo, err, official_file)) from None
     raise WeightsError(f"hub repo {repo} has no {' or '.join(HF_WEIGHT_FILES)}")
 

@@ -46,7 +46,7 @@ def _worker_main(fn: TaskFn, tasks: Any, results: Any, wid: int) -> None:
             for item in fn(task):
                 results.put((wid, key, ITEM, item))
             results.put((wid, key, DONE, None))
-        except Exception as err:  # noqa: BLE001 - every failure is reported as that file's error
+        except Exception as err:  # every failure is reported as that file's error
             results.put((wid, key, ERROR, str(err) or type(err).__name__))
 
 
@@ -57,7 +57,7 @@ def run_inline(fn: TaskFn, tasks: Iterable[tuple[Any, Any]]) -> Iterator[tuple[A
             for item in fn(task):
                 yield key, ITEM, item
             yield key, DONE, None
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             yield key, ERROR, str(err) or type(err).__name__
 
 
@@ -86,7 +86,7 @@ class WorkerPool:
         pending = iter(tasks)
         exhausted = False
         while True:
-            for wid, worker in enumerate(self._workers):
+            for worker in self._workers:
                 if worker.key is None and not exhausted:
                     job = next(pending, None)
                     if job is None:
@@ -100,8 +100,7 @@ class WorkerPool:
             try:
                 wid, key, kind, payload = self._results.get(timeout=0.2)
             except queue.Empty:
-                for failure in self._reap():
-                    yield failure
+                yield from self._reap()
                 continue
             worker = self._workers[wid]
             if worker.key != key:  # a late message from a worker we already gave up on

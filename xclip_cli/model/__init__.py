@@ -11,10 +11,10 @@ import torch
 from .. import weights
 from ..errors import WeightsError
 from .checkpoints import load_file_checkpoint, load_hf_dir, load_our_dir, save_model
-from .config import BACKBONES, XCLIPConfig, backbone_config
+from .config import XCLIPConfig, backbone_config
 from .xclip import XCLIP, VideoFeatures
 
-__all__ = ["XCLIP", "XCLIPConfig", "VideoFeatures", "load_model", "save_model", "resolve_device"]
+__all__ = ["XCLIP", "VideoFeatures", "XCLIPConfig", "load_model", "resolve_device", "save_model"]
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _from_open_clip(arch: str, tag: str, frames: int | None, source: str) -> XCL
     name = arch.replace("/", "-").replace("@336px", "-336")
     try:
         clip = open_clip.create_model(name, pretrained=tag, force_quick_gelu=True, require_pretrained=True)
-    except Exception as err:  # noqa: BLE001 - open_clip raises RuntimeError for offline, unknown tag...
+    except Exception as err:  # open_clip raises RuntimeError for offline, unknown tag...
         raise WeightsError(
             f"cannot load open_clip {name} with pretrained {tag!r}: {str(err).splitlines()[0][:300]}. "
             f"Offline, put OpenAI's {name.replace('-336', '-336px')}.pt in {weights.weights_dir()}/ or pass "

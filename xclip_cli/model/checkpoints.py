@@ -119,7 +119,7 @@ def _torchscript_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """OpenAI's CLIP ``.pt`` files are TorchScript archives: read their parameters, not their pickles."""
     try:
         module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as err:  # noqa: BLE001 - any failure means the archive is unusable
+    except Exception as err:  # any failure means the archive is unusable
         raise WeightsError(f"{path}: cannot read TorchScript checkpoint ({_short(err)})") from None
     state = {k: v for k, v in module.state_dict().items()}
     for key in ("input_resolution", "context_length", "vocab_size"):

@@ -13,10 +13,9 @@ an official state dict loads with ``strict=True``.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
