@@ -13,15 +13,36 @@ an official state dict loads with ``strict=True``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-from open_clip.transformer import LayerNorm, QuickGELU, ResidualAttentionBlock
 from torch import nn
+
+
+def _import_open_clip() -> None:
+    """Import open_clip without its optional transformers text towers, which we never use.
+
+    open_clip imports transformers whenever it is installed (our test and benchmark environments have
+    it), which adds seconds to every `xclip` start. Hiding it during this one import keeps them out;
+    transformers itself stays importable afterwards.
+    """
+    hide = "transformers" not in sys.modules
+    if hide:
+        sys.modules["transformers"] = None  # type: ignore[assignment]  # makes `import transformers` fail
+    try:
+        import open_clip  # noqa: F401
+    finally:
+        if hide:
+            del sys.modules["transformers"]
+
+
+_import_open_clip()
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg  # noqa: E402
+from open_clip.transformer import LayerNorm, QuickGELU, ResidualAttentionBlock  # noqa: E402
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import FrameCountError
