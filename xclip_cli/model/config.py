@@ -9,9 +9,8 @@ from typing import Any
 
 from ..errors import WeightsError
 
-#: ImageNet statistics on the 0-255 scale: the official X-CLIP `img_norm_cfg` (not CLIP's statistics).
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+# ImageNet statistics on the 0-255 scale: the official X-CLIP `img_norm_cfg` (not CLIP's statistics).
+from ..video.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)
