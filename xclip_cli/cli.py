@@ -250,6 +250,9 @@ def models(
             typer.echo(json.dumps(r))
 
 
+from . import cli_eval  # noqa: E402,F401
+
+
 def main() -> None:
     """Console entry point: typed user errors become one line and an exit code, never a traceback."""
     try:

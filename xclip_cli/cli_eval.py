@@ -1,0 +1,231 @@
+"""``xclip eval``: accuracy on HMDB-51, UCF-101, Kinetics-400/600, the Kinetics-600 zero-shot classes or a CSV.
+
+Thin: parse, call :mod:`xclip_cli.evaluation`, render (table on stdout; JSON, CSV and plots on request).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .cli import (
+    EXIT_INTERRUPTED,
+    EXIT_MODEL,
+    EXIT_SOME_FAILED,
+    EXIT_USAGE,
+    Precision,
+    _raise_on_sigterm,
+    app,
+    fail,
+    log,
+)
+
+
+class DatasetName(str, Enum):
+    hmdb51 = "hmdb51"
+    ucf101 = "ucf101"
+    kinetics400 = "kinetics400"
+    kinetics600 = "kinetics600"
+    k600_novel = "k600-novel"
+    csv = "csv"
+
+
+class Subset(str, Enum):
+    test = "test"
+    train = "train"
+
+
+@app.command("eval")
+def eval_command(
+    dataset: Annotated[DatasetName, typer.Option("--dataset", "-d", help="Dataset layout.")],
+    root: Annotated[Path, typer.Option("--root", help="Dataset folder (for csv: the list, or the folder its paths are relative to).")],
+    split: Annotated[str | None, typer.Option(help="1, 2, 3 or all (mean ± std). Default: 1; all for k600-novel.")] = None,
+    subset: Annotated[Subset, typer.Option(help="HMDB-51/UCF-101: the test or the train list of the split.")] = Subset.test,
+    splits_dir: Annotated[Path | None, typer.Option(help="Folder of the HMDB-51 split files / UCF-101 lists (default: found under --root).")] = None,
+    annotations: Annotated[Path | None, typer.Option(help="Kinetics annotation CSV (default: the *val*.csv under --root); for csv, the list.")] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", "-l", help="csv: the vocabulary file (default: the labels present).")] = None,
+    seed: Annotated[int, typer.Option(help="k600-novel: seed of the three 160-class subsets.")] = 0,
+    model: Annotated[str, typer.Option("--model", "-m", envvar="XCLIP_MODEL", help="Registry name, checkpoint path, folder or hub id.")] = "xclip-b32-k400",
+    frames: Annotated[int | None, typer.Option(help="Frames per view; must match the checkpoint.")] = None,
+    views: Annotated[str, typer.Option(help="CLIPSxCROPS views per video; 4x3 is the paper's test protocol.")] = "1x1",
+    device: Annotated[str, typer.Option(envvar="XCLIP_DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[Precision, typer.Option(help="fp32; bf16 (CPU with AMX, or CUDA); fp16 (CUDA).")] = Precision.fp32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Videos per model batch.")] = 4,
+    workers: Annotated[int | None, typer.Option(min=0, help="Decoding processes (0: decode in the main process).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for the model.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds before a file that hangs a decoder is abandoned.")] = 120.0,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N listed videos of each split (a quick look).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Results JSON: metrics and everything that defines them.")] = None,
+    predictions: Annotated[Path | None, typer.Option(help="Per-video predictions and scores (CSV).")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Folder for confusion matrices and per-class accuracy charts (PNG).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing --output / --predictions files.")] = False,
+    progress: Annotated[bool, typer.Option(help="Progress on stderr.")] = True,
+) -> None:
+    """Accuracy of a model on a dataset's official splits: top-1, top-5 and mean class accuracy."""
+    from .data.datasets import DatasetError, load_splits
+    from .data.labels import LabelsError
+
+    _raise_on_sigterm()
+    for path in (output, predictions):
+        if path is not None and not overwrite and path.exists() and path.stat().st_size > 0:
+            raise fail(f"{path} already exists: use --overwrite to replace it", EXIT_USAGE)
+    try:
+        splits = load_splits(
+            dataset.value, root, split, subset=subset.value, splits_dir=splits_dir, annotations=annotations,
+            labels=labels, seed=seed,
+        )
+    except (DatasetError, LabelsError) as err:
+        raise fail(str(err), EXIT_USAGE) from None
+    if limit is not None:
+        splits = [s.head(limit) for s in splits]
+    for s in splits:
+        log.info("%s %s: %d listed, %d found, %d missing", dataset.value, s.name, len(s.listed), len(s.records),
+                 len(s.missing))
+    if not any(s.records for s in splits):
+        listed = sum(len(s.listed) for s in splits)
+        if not listed:
+            raise fail(f"the {dataset.value} lists under {root} name no videos", EXIT_USAGE)
+        example = next(Path(s.root) / s.missing[0] for s in splits if s.missing)
+        raise fail(f"none of the {listed} listed videos is on disk (e.g. {example})", EXIT_SOME_FAILED)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+    XClipError = _xclip_error()
+    from .evaluation import evaluate, prepare_run
+
+    try:
+        run = prepare_run(
+            splits, model=model, frames=frames, views=views, device=device, precision=precision.value,
+            batch_size=batch_size, workers=min(2, os.cpu_count() or 1) if workers is None else workers,
+            timeout=timeout,
+        )
+    except (LabelsError, ValueError) as err:
+        raise fail(str(err), EXIT_USAGE) from None
+    except XClipError as err:
+        raise fail(str(err), EXIT_MODEL if err.exit_code == 1 else err.exit_code) from None
+
+    try:
+        with _Progress(enabled=progress) as advance:
+            evaluation = evaluate(splits, run, progress=advance)
+    except KeyboardInterrupt:
+        typer.echo("xclip: interrupted; nothing written", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    _print_table(evaluation)
+    _write_outputs(evaluation, output, predictions, plots)
+    for result in evaluation.splits:
+        for path in result.split.missing[:5]:
+            log.warning("%s: missing %s", result.split.name, path)
+        for p in result.failed[:5]:
+            log.warning("%s: failed %s: %s", result.split.name, p.path, p.error)
+    if not evaluation.complete:
+        missing = sum(len(r.split.missing) for r in evaluation.splits)
+        failed = sum(len(r.failed) for r in evaluation.splits)
+        log.warning("%d listed videos missing and %d failed (listed in --output); accuracies are over the scored "
+                    "videos only", missing, failed)
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _xclip_error():
+    from .errors import XClipError
+
+    return XClipError
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _print_table(evaluation) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"xclip eval {evaluation.dataset}", title_justify="left")
+    for name in ("split", "videos", "missing", "failed", "top-1 %", "top-5 %", "mean class %"):
+        table.add_column(name, justify="left" if name == "split" else "right", no_wrap=True)
+    for r in evaluation.splits:
+        c = r.counts()
+        table.add_row(
+            r.split.name, f"{c['scored']}/{c['listed']}", str(c["missing"]), str(c["failed"]),
+            _fmt(r.metrics["top1"]), _fmt(r.metrics["top5"]), _fmt(r.metrics["mean_class"]),
+        )
+    if len(evaluation.splits) > 1:
+        s = evaluation.summary
+
+        def cell(metric: str) -> str:
+            std = s[metric]["std"]
+            return _fmt(s[metric]["mean"]) + ("" if std is None else f" ± {_fmt(std)}")
+
+        table.add_row("mean ± std", "", "", "", cell("top1"), cell("top5"), cell("mean_class"), style="bold")
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)  # a pipe or a file: no terminal to fit, so don't wrap at 80
+    console.print(table)
+
+
+def _write_outputs(evaluation, output: Path | None, predictions: Path | None, plots: Path | None) -> None:
+    from .evaluation import write_plots, write_predictions, write_results
+    from .reports import ReportError
+
+    try:
+        if output is not None:
+            write_results(evaluation, output)
+        if predictions is not None:
+            write_predictions(evaluation, predictions)
+        if plots is not None:
+            for path in write_plots(evaluation, plots):
+                log.info("wrote %s", path)
+    except (ReportError, OSError) as err:
+        raise fail(f"cannot write results: {err}", EXIT_SOME_FAILED) from None
+
+
+class _Progress:
+    """Progress on stderr: a bar on a terminal, else a line every tenth of the videos (for log files)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.bar = None
+        self.started = time.monotonic()
+
+    def __enter__(self):
+        return self.advance
+
+    def advance(self, done: int, total: int, path: str) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            if self.bar is None:
+                from rich.console import Console
+                from rich.progress import (
+                    BarColumn,
+                    MofNCompleteColumn,
+                    Progress,
+                    TextColumn,
+                    TimeRemainingColumn,
+                )
+
+                self.bar = Progress(
+                    TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    TextColumn("{task.description}"), console=Console(stderr=True), transient=True,
+                )
+                self.bar.start()
+                self.task = self.bar.add_task("", total=total)
+            self.bar.update(self.task, completed=done, description=Path(path).name[-40:])
+        elif (done == total or done % max(1, total // 10) == 0) and log.isEnabledFor(logging.WARNING):
+            elapsed = time.monotonic() - self.started
+            typer.echo(f"xclip: evaluated {done}/{total} videos ({elapsed:.0f} s)", err=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
