@@ -251,6 +251,7 @@ def models(
 
 
 from . import cli_eval  # noqa: E402,F401
+from . import cli_finetune  # noqa: E402,F401
 
 
 def main() -> None:

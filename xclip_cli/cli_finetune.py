@@ -1,0 +1,188 @@
+"""``xclip finetune``: fine-tune X-CLIP on labelled clips (official recipe), resumable, torchrun-ready.
+
+Thin: parse, call :func:`xclip_cli.training.finetune`, draw progress on stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .cli import EXIT_INTERRUPTED, EXIT_MODEL, EXIT_USAGE, app, fail
+
+
+class FinetuneDataset(str, Enum):
+    hmdb51 = "hmdb51"
+    ucf101 = "ucf101"
+
+
+_RECIPE = "Recipe"
+_DATA = "Data"
+_RUN = "Run folder and execution"
+
+
+@app.command("finetune")
+def finetune_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder (config, checkpoints, metrics, curves).", rich_help_panel=_RUN)],
+    data: Annotated[Path | None, typer.Option("--data", help="Training clips: CSV with path,label[,start,end]; paths relative to the CSV.", rich_help_panel=_DATA)] = None,
+    val: Annotated[Path | None, typer.Option("--val", help="Validation clips, same CSV format.", rich_help_panel=_DATA)] = None,
+    val_fraction: Annotated[float, typer.Option(help="Without --val: split this stratified fraction off the training clips.", rich_help_panel=_DATA)] = 0.0,
+    dataset: Annotated[FinetuneDataset | None, typer.Option("--dataset", help="Official layout instead of --data: its train list; validation on its test list.", rich_help_panel=_DATA)] = None,
+    root: Annotated[Path | None, typer.Option("--root", help="--dataset folder.", rich_help_panel=_DATA)] = None,
+    split: Annotated[int, typer.Option(min=1, max=3, help="--dataset split (1-3).", rich_help_panel=_DATA)] = 1,
+    labels: Annotated[Path | None, typer.Option("--labels", "-l", help="Class names in class order (one per line, or CSV with a name column). Default: the training labels, sorted.", rich_help_panel=_DATA)] = None,
+    shots: Annotated[int | None, typer.Option(min=1, help="Few-shot: K clips per class drawn with --seed (the paper's 2/4/8/16-shot protocol).", rich_help_panel=_DATA)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of everything random (sampling, augmentation, mixup, order, shots).", rich_help_panel=_DATA)] = 1024,
+    model: Annotated[str, typer.Option("--model", "-m", envvar="XCLIP_MODEL", help="Start from: a CLIP backbone (new modules initialised) or an X-CLIP checkpoint; anything --model of tag takes.", rich_help_panel=_RECIPE)] = "clip-b32",
+    frames: Annotated[int | None, typer.Option(min=1, help="Frames per clip (default: the checkpoint's, 8 for CLIP).", rich_help_panel=_RECIPE)] = None,
+    epochs: Annotated[int, typer.Option(min=1, rich_help_panel=_RECIPE)] = 30,
+    batch_size: Annotated[int, typer.Option(min=1, help="Clips per forward pass, over all processes.", rich_help_panel=_RECIPE)] = 8,
+    accum_steps: Annotated[int, typer.Option(min=1, help="Forward passes per optimizer step.", rich_help_panel=_RECIPE)] = 4,
+    lr: Annotated[float, typer.Option(help="Peak learning rate of the CLIP weights.", rich_help_panel=_RECIPE)] = 8e-6,
+    new_lr_mult: Annotated[float, typer.Option(help="Learning-rate factor of the message_, mit and prompts parameters.", rich_help_panel=_RECIPE)] = 10.0,
+    min_lr: Annotated[float | None, typer.Option(help="Cosine floor, all groups (default: lr / 100).", rich_help_panel=_RECIPE)] = None,
+    weight_decay: Annotated[float, typer.Option(help="AdamW decay (none on 1-D params, biases, positional embeddings).", rich_help_panel=_RECIPE)] = 0.001,
+    warmup_epochs: Annotated[float, typer.Option(help="Linear warmup from 0.", rich_help_panel=_RECIPE)] = 5.0,
+    label_smoothing: Annotated[float, typer.Option(rich_help_panel=_RECIPE)] = 0.1,
+    mixup: Annotated[float, typer.Option(help="Mixup Beta alpha (0: off).", rich_help_panel=_RECIPE)] = 0.8,
+    cutmix: Annotated[float, typer.Option(help="Cutmix Beta alpha (0: off).", rich_help_panel=_RECIPE)] = 1.0,
+    mixup_switch_prob: Annotated[float, typer.Option(help="Chance of cutmix rather than mixup per batch.", rich_help_panel=_RECIPE)] = 0.5,
+    augment: Annotated[bool, typer.Option(help="Multi-scale crop, flip, colour jitter, greyscale (off: centre crop).", rich_help_panel=_RECIPE)] = True,
+    freeze: Annotated[list[str], typer.Option("--freeze", help="Also freeze parameters whose name contains this (repeatable).", rich_help_panel=_RECIPE)] = [],
+    grad_checkpointing: Annotated[bool, typer.Option(help="Recompute visual blocks in the backward pass (less memory).", rich_help_panel=_RECIPE)] = False,
+    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (default: on with CUDA, fp16 + loss scaling).", rich_help_panel=_RECIPE)] = None,
+    save_every_steps: Annotated[int, typer.Option(min=0, help="Also write last/ every N optimizer steps (0: once per epoch).", rich_help_panel=_RUN)] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --output from last/ (with its stored configuration).", rich_help_panel=_RUN)] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.", rich_help_panel=_RUN)] = False,
+    device: Annotated[str | None, typer.Option(envvar="XCLIP_DEVICE", help="auto (default), cpu, cuda or cuda:N (torchrun: each process its LOCAL_RANK GPU).", rich_help_panel=_RUN)] = None,
+    workers: Annotated[int | None, typer.Option(min=0, help="Decoding processes per training process (default: 2). --resume keeps the run's unless given.", rich_help_panel=_RUN)] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for the model (default: torch's). --resume keeps the run's unless given.", rich_help_panel=_RUN)] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bars on stderr (on a terminal).", rich_help_panel=_RUN)] = True,
+) -> None:
+    """Fine-tune X-CLIP on your labelled clips with the official recipe; writes a resumable run folder.
+
+    Every data problem is listed (file:line) before training starts. Ctrl-C saves last/; --resume continues
+    exactly where it stopped. Under torchrun each process trains on its shard (DistributedDataParallel).
+    """
+    from .data.labels import LabelsError
+    from .errors import XClipError
+    from .training import DataError, FinetuneConfig, RunFolderError, TrainingInterrupted, finetune
+
+    rank = int(os.environ.get("RANK", "0"))
+    options: dict[str, Any] = dict(
+        data=_str(data), val=_str(val), dataset=dataset.value if dataset else None, root=_str(root), split=split,
+        labels=_str(labels), val_fraction=val_fraction, shots=shots, seed=seed, model=model, frames=frames,
+        freeze=list(freeze), grad_checkpointing=grad_checkpointing, amp=amp, epochs=epochs, batch_size=batch_size,
+        accum_steps=accum_steps, lr=lr, new_lr_mult=new_lr_mult, min_lr=min_lr, weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix,
+        mixup_switch_prob=mixup_switch_prob, augment=augment, save_every_steps=save_every_steps,
+        workers=workers, device=device, threads=threads,
+    )
+    bar = _Bar(enabled=progress and rank == 0)
+    try:
+        result = finetune(
+            output, FinetuneConfig(**options), resume=resume, overwrite=overwrite, progress=bar, handle_signals=True
+        )
+    except DataError as err:
+        if rank == 0:
+            for problem in err.problems[:100]:
+                typer.echo(f"xclip: {problem}", err=True)
+            if len(err.problems) > 100:
+                typer.echo(f"xclip: ... and {len(err.problems) - 100} more", err=True)
+        raise fail(f"{len(err.problems)} problem(s) in the training data; nothing was trained", EXIT_USAGE) from None
+    except (RunFolderError, LabelsError) as err:
+        raise fail(str(err), EXIT_USAGE) from None
+    except TrainingInterrupted as err:
+        typer.echo(f"xclip: interrupted; saved {err.checkpoint}; continue with --resume", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt:
+        typer.echo("xclip: interrupted before the first checkpoint", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except XClipError as err:
+        raise fail(str(err), EXIT_MODEL if err.exit_code == 1 else err.exit_code) from None
+    if rank == 0 and result.best is not None:
+        best = result.best
+        accuracy = "" if best["val_top1"] is None else f", val top-1 {best['val_top1']:.2f}% top-5 {best['val_top5']:.2f}%"
+        typer.echo(f"xclip: best epoch {best['epoch']}{accuracy}: {result.best_checkpoint}", err=True)
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+class _Bar:
+    """Rich progress bars (epoch, step, loss, lr, clips/s, ETA) on a terminal; one line per epoch always."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self.quiet = logging.getLogger("xclip_cli").getEffectiveLevel() > logging.WARNING
+        self.bar = None
+        self.info: dict[str, Any] = {}
+
+    def start(self, info: dict[str, Any]) -> None:
+        self.info = info
+        self.started = time.monotonic()
+        if not self.quiet and self.enabled:
+            resumed = f", resuming at epoch {info['epoch'] + 1} step {info['step']}" if info["epoch"] or info["step"] else ""
+            processes = f", {info['world_size']} processes" if info["world_size"] > 1 else ""
+            typer.echo(
+                f"xclip: {info['train_clips']} training clips, {info['val_clips']} validation clips, "
+                f"{info['epochs']} epochs x {info['steps_per_epoch']} steps{processes}{resumed}",
+                err=True,
+            )
+        if not self.tty:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[stats]}"), console=Console(stderr=True), transient=True,
+        )
+        self.bar.start()
+        total = info["epochs"] * info["steps_per_epoch"]
+        done = info["epoch"] * info["steps_per_epoch"] + info["step"]
+        self.run_task = self.bar.add_task("run", total=total, completed=done, stats="")
+        self.epoch_task = self.bar.add_task(f"epoch {info['epoch'] + 1}/{info['epochs']}",
+                                            total=info["steps_per_epoch"], completed=info["step"], stats="")
+
+    def step(self, epoch: int, step: int, loss: float, lr: float, clips_per_s: float) -> None:
+        if self.bar is None:
+            return
+        stats = f"loss {loss:.4f}  lr {lr:.2e}  {clips_per_s:.1f} clips/s"
+        self.bar.update(self.epoch_task, description=f"epoch {epoch + 1}/{self.info['epochs']}", completed=step,
+                        stats=stats)
+        self.bar.update(self.run_task, advance=1)
+
+    def validating(self, epoch: int, clips: int) -> None:
+        if self.bar is not None and clips:
+            self.bar.update(self.epoch_task, stats=f"validating {clips} clips")
+
+    def epoch_end(self, record: dict[str, Any]) -> None:
+        if self.quiet or not self.enabled:
+            return
+        val = ""
+        if record["val_top1"] is not None:
+            val = f", val top-1 {record['val_top1']:.2f}% top-5 {record['val_top5']:.2f}%{' (best)' if record['best'] else ''}"
+        line = (f"epoch {record['epoch']}/{self.info['epochs']}: loss {record['loss']:.4f}, lr {record['lr']:.2e}"
+                f"{val}, {record['clips_per_s']:.1f} clips/s")
+        if self.bar is not None:
+            self.bar.console.print(line, highlight=False, markup=False)
+            if record["epoch"] < self.info["epochs"]:
+                self.bar.reset(self.epoch_task, total=self.info["steps_per_epoch"],
+                               description=f"epoch {record['epoch'] + 1}/{self.info['epochs']}", stats="")
+        else:
+            typer.echo(f"xclip: {line}", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
