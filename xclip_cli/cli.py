@@ -250,8 +250,7 @@ def models(
             typer.echo(json.dumps(r))
 
 
-from . import cli_eval  # noqa: E402,F401
-from . import cli_finetune  # noqa: E402,F401
+from . import cli_eval, cli_finetune  # noqa: E402,F401  (register `eval` and `finetune`)
 
 
 def main() -> None:

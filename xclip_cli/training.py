@@ -65,11 +65,13 @@ __all__ = [
     "LabeledClip",
     "RunFolderError",
     "TrainData",
+    "TrainingInterrupted",
     "finetune",
     "lr_at",
     "param_groups",
     "prepare_data",
     "read_clip_list",
+    "stored_data",
 ]
 
 STATE_FILE = "state.pt"
@@ -1056,6 +1058,9 @@ def _run(
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = int(config.warmup_epochs * steps_per_epoch)  # official: int(WARMUP_EPOCHS * iters)
     min_lr = config.lr / 100 if config.min_lr is None else config.min_lr
+    if warmup_steps >= total_steps and dist.main:
+        log.warning("the warmup (%g epochs) is as long as the run (%d epochs): the learning rate never reaches "
+                    "--lr; lower --warmup-epochs", config.warmup_epochs, config.epochs)
     derived = {
         "classes": data.classes, "train_clips": len(data.train), "val_clips": len(data.val),
         "world_size": dist.world, "per_process_batch": config.batch_size // dist.world,
