@@ -235,7 +235,11 @@ class TagRun:
         yield from drain()
 
         loader: Callable[[VideoTask], Iterable[Clip]] = partial(load_clips, spec=self.spec)
-        pool = WorkerPool(loader, self.workers, self.timeout) if self.workers > 0 and to_decode else None
+        pool = None
+        if self.workers > 0 and to_decode:
+            # Room for a batch's worth of clips (and each file's DONE) to wait while the model runs.
+            room = 2 * max(self.batch_size, self.workers) + 2
+            pool = WorkerPool(loader, self.workers, self.timeout, queue_size=room)
         stream = pool.run(to_decode) if pool else run_inline(loader, to_decode)
         batch: list[tuple[_Pending, int, Clip]] = []
 

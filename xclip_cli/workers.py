@@ -14,7 +14,8 @@ import queue
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch.multiprocessing  # noqa: F401 - registers shared-memory pickling of tensors
@@ -28,7 +29,9 @@ TaskFn = Callable[[Any], Iterable[Any]]
 class _Worker:
     process: Any
     tasks: Any
-    key: Any = None
+    #: Keys of the tasks handed to this worker and not yet finished, oldest (the one running) first.
+    keys: deque = field(default_factory=deque)
+    #: When the running task last made progress.
     since: float = 0.0
 
 
@@ -62,13 +65,21 @@ def run_inline(fn: TaskFn, tasks: Iterable[tuple[Any, Any]]) -> Iterator[tuple[A
 
 
 class WorkerPool:
-    """Runs ``fn(task)`` (a generator) per task in `workers` processes; see :meth:`run`."""
+    """Runs ``fn(task)`` (a generator) per task in `workers` processes; see :meth:`run`.
 
-    def __init__(self, fn: TaskFn, workers: int, timeout: float = 120.0, queue_size: int | None = None) -> None:
+    Each worker holds up to `ahead` tasks, so it goes on decoding the next file while the caller runs
+    the model on what came back, instead of waiting for the caller to hand it more work.
+    """
+
+    def __init__(
+        self, fn: TaskFn, workers: int, timeout: float = 120.0, queue_size: int | None = None, ahead: int = 2
+    ) -> None:
         self.fn = fn
         self.timeout = timeout
+        self.ahead = max(1, ahead)
         self._ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         self._results = self._ctx.Queue(maxsize=queue_size or 2 * workers + 2)
+        self._jobs: dict[Any, Any] = {}  # key -> job, to hand a dead worker's backlog to its successor
         self._workers = [self._spawn(i) for i in range(workers)]
 
     def _spawn(self, wid: int) -> _Worker:
@@ -80,22 +91,21 @@ class WorkerPool:
     def run(self, tasks: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, str, Any]]:
         """Yield ``(key, kind, payload)``: ITEM for each item a task produces, then DONE or ERROR.
 
-        Time the caller spends between two yields (running the model) is not counted against the
-        workers' timeout: they may just be waiting for queue space.
+        Items of different tasks may interleave (one worker per task), but each task's own messages
+        come in order. Time the caller spends between two yields (running the model) is not counted
+        against the workers' timeout: they may just be waiting for queue space.
         """
         pending = iter(tasks)
         exhausted = False
         while True:
-            for worker in self._workers:
-                if worker.key is None and not exhausted:
+            for worker in sorted(self._workers, key=lambda w: len(w.keys)):  # least loaded first
+                while len(worker.keys) < self.ahead and not exhausted:
                     job = next(pending, None)
                     if job is None:
                         exhausted = True
                         break
-                    worker.key, worker.since = job[0], time.monotonic()
-                    worker.tasks.put(job)
-            busy = [w for w in self._workers if w.key is not None]
-            if not busy and exhausted:
+                    self._give(worker, job)
+            if exhausted and not any(w.keys for w in self._workers):
                 return
             try:
                 wid, key, kind, payload = self._results.get(timeout=0.2)
@@ -103,21 +113,29 @@ class WorkerPool:
                 yield from self._reap()
                 continue
             worker = self._workers[wid]
-            if worker.key != key:  # a late message from a worker we already gave up on
+            if not worker.keys or worker.keys[0] != key:  # a late message from a worker we gave up on
                 continue
             worker.since = time.monotonic()
             if kind != ITEM:
-                worker.key = None
+                worker.keys.popleft()
+                self._jobs.pop(key, None)
             paused = time.monotonic()
             yield key, kind, payload
             paused = time.monotonic() - paused
             for w in self._workers:
                 w.since += paused
 
+    def _give(self, worker: _Worker, job: tuple[Any, Any]) -> None:
+        if not worker.keys:
+            worker.since = time.monotonic()
+        worker.keys.append(job[0])
+        self._jobs[job[0]] = job
+        worker.tasks.put(job)
+
     def _reap(self) -> Iterator[tuple[Any, str, str]]:
         now = time.monotonic()
         for wid, worker in enumerate(self._workers):
-            if worker.key is None:
+            if not worker.keys:
                 continue
             if not worker.process.is_alive():
                 code = worker.process.exitcode
@@ -126,9 +144,12 @@ class WorkerPool:
                 why = f"timed out after {self.timeout:g} s (decoder hung)"
             else:
                 continue
-            key = worker.key
+            key, *backlog = worker.keys
             self._kill(worker)
             self._workers[wid] = self._spawn(wid)
+            for later in backlog:  # not started, or cut short by the kill: the new worker runs them
+                self._give(self._workers[wid], self._jobs[later])
+            self._jobs.pop(key, None)
             yield key, ERROR, why
 
     @staticmethod
@@ -139,7 +160,7 @@ class WorkerPool:
 
     def close(self) -> None:
         for worker in self._workers:
-            if worker.key is None and worker.process.is_alive():
+            if not worker.keys and worker.process.is_alive():
                 worker.tasks.put(None)
         for worker in self._workers:
             worker.process.join(timeout=0.5)

@@ -1,0 +1,45 @@
+"""The decoding pool: work ahead of the caller, survive crashes and hangs without losing queued files."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from xclip_cli.workers import DONE, ERROR, ITEM, WorkerPool
+
+
+def _stamp(task: str):
+    yield task, time.time()  # when the worker started this task
+
+
+def _crash_or_stamp(task: str):
+    if task == "crash":
+        os._exit(3)
+    if task == "hang":
+        time.sleep(3600)
+    yield from _stamp(task)
+
+
+def test_workers_decode_ahead_while_the_caller_is_busy():
+    with WorkerPool(_stamp, workers=1, timeout=30) as pool:
+        started, resumed = {}, {}
+        for key, kind, payload in pool.run((i, f"t{i}") for i in range(3)):
+            if kind == ITEM:
+                started[key] = payload[1]
+                time.sleep(0.5)  # the model runs on this clip
+                resumed[key] = time.time()
+    # The worker began the next file while the caller was still busy with the previous one.
+    assert started[1] < resumed[0] and started[2] < resumed[1]
+
+
+def test_crash_and_hang_fail_one_file_and_keep_the_queued_ones():
+    tasks = ["crash", "a", "b", "hang", "c"]
+    with WorkerPool(_crash_or_stamp, workers=1, timeout=2, ahead=3) as pool:
+        events = [(key, kind, payload) for key, kind, payload in pool.run(enumerate(tasks))]
+    finished = {key: (kind, payload) for key, kind, payload in events if kind != ITEM}
+    assert sorted(finished) == [0, 1, 2, 3, 4]
+    assert finished[0] == (ERROR, "decoder exited (3)")
+    assert finished[3][0] == ERROR and "timed out after 2 s" in finished[3][1]
+    assert all(finished[k] == (DONE, None) for k in (1, 2, 4))
+    items = [key for key, kind, _ in events if kind == ITEM]
+    assert items == [1, 2, 4]
