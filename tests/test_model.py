@@ -265,3 +265,14 @@ def test_reduced_precision_agrees(precision, tmp_path):
         b = low.encode_video(frames).embedding.float()
     cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
     assert cos.min() >= 0.99
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(native, tmp_path, monkeypatch, caplog):
+    save_model(tiny_model(seed=2), tmp_path / "m")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    with caplog.at_level("WARNING"):
+        load_model(tmp_path / "m", precision="bf16")
+        load_model(tmp_path / "m")
+    assert ("slower than fp32" in caplog.text) is not native

@@ -39,7 +39,10 @@ def _worker_main(fn: TaskFn, tasks: Any, results: Any, wid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     import torch
 
-    torch.set_num_threads(1)
+    from .video import decode
+
+    torch.set_num_threads(1)  # one core per worker, for the model's math and for the decoder
+    decode.decoder_threads = 1
     while True:
         job = tasks.get()
         if job is None:

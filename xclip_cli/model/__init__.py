@@ -55,9 +55,17 @@ def load_model(
     if dtype is torch.float16 and target.type == "cpu":
         log.warning("fp16 is not supported well on the CPU; using bf16 instead")
         dtype = torch.bfloat16
+    if dtype is torch.bfloat16 and target.type == "cpu" and not _native_cpu_bf16():
+        log.warning("this CPU has no bf16 instructions (AVX512-BF16 or AMX): bf16 runs slower than fp32 here")
     model = model.to(device=target, dtype=dtype).eval()
     model.precision = {v: k for k, v in PRECISIONS.items()}[dtype]
     return model
+
+
+def _native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (torch's own probes; older torch lacks them: assume yes)."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe() for probe in probes if probe is not None) or all(probe is None for probe in probes)
 
 
 def _load(source: str, frames: int | None) -> XCLIP:

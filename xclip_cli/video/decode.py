@@ -39,6 +39,10 @@ try:  # decord has no wheels for some platforms (e.g. macOS arm64); ffmpeg then 
 except ImportError:  # pragma: no cover - depends on the platform
     decord = None
 
+#: decord decoding threads per file; 0 lets FFmpeg choose. Worker processes use 1: with one worker per
+#: core, extra decoder threads only add work (a threaded decoder refills its pipeline after every seek).
+decoder_threads = 0
+
 #: Wall-clock limit for one ffmpeg probe; decoding gets this plus time proportional to its work.
 FFMPEG_TIMEOUT_S = 60.0
 #: Slowest decode rate we tolerate before calling ffmpeg stuck (frames per second of video decoded).
@@ -207,7 +211,9 @@ def _read_decord(
     path: str | os.PathLike[str], wanted: np.ndarray, size: tuple[int, int] | None
 ) -> np.ndarray:
     width, height = size if size is not None else (-1, -1)
-    vr = decord.VideoReader(os.fspath(path), ctx=decord.cpu(0), width=width, height=height)
+    vr = decord.VideoReader(
+        os.fspath(path), ctx=decord.cpu(0), width=width, height=height, num_threads=decoder_threads
+    )
     # Sorted unique indices let decord walk the file forward once.
     unique, inverse = np.unique(np.minimum(wanted, len(vr) - 1), return_inverse=True)
     batch = _to_numpy(vr.get_batch(unique.tolist()))
