@@ -336,10 +336,15 @@ def main() -> None:
         f"{' --limit ' + str(args.limit) if args.limit else ''}`",
         "",
     ]
+    publish(lines, args.results)
+
+
+def publish(lines: list[str], results: Path | None) -> None:
+    """Print a markdown block, and append it to `results` when given (the benchmarks' shared output)."""
     text = "\n".join(lines)
     print(text)
-    if args.results:
-        with open(args.results, "a") as f:
+    if results:
+        with open(results, "a") as f:
             f.write(text + "\n")
 
 

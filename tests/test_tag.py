@@ -87,7 +87,10 @@ def test_killed_run_resumes_without_duplicates(tiny_dir, tmp_path, sig):
     clips = sorted(str(p) for p in VIDEOS.rglob("*") if p.suffix in {".mov", ".avi"} or "carphone" in p.name)
     args = ["tag", *clips, "-m", tiny_dir, *label_args(), "-o", report, "--workers", "0", "--batch-size", "1",
             "--views", "4x3"]  # slow enough per clip that the kill lands mid-run
-    proc = subprocess.Popen([sys.executable, "-m", "xclip_cli", *map(str, args)], stderr=subprocess.PIPE, text=True)
+    # Default SIGINT handling in the child even when this suite runs as a background job (`pytest &` in a
+    # script starts with SIGINT ignored, which its children would inherit).
+    proc = subprocess.Popen([sys.executable, "-m", "xclip_cli", *map(str, args)], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and (not report.exists() or len(report.read_text().splitlines()) < 3):
         time.sleep(0.05)

@@ -93,7 +93,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
     if decord is not None:
         try:
             return _probe_decord(path)
-        except Exception as exc:  # noqa: BLE001 - a native library raising assorted types
+        except Exception as exc:  # a native library raising assorted types
             log.debug("%s: decord cannot probe (%s); using ffmpeg", path, _decord_cause(exc))
     return _probe_ffmpeg(path)
 
@@ -128,7 +128,7 @@ def read_frames(
         size = _scaled_size(info.width, info.height, short_side) if info is not None else None
         try:
             return _read_decord(path, wanted, size)
-        except Exception as exc:  # noqa: BLE001 - a native library raising assorted types
+        except Exception as exc:  # a native library raising assorted types
             log.debug("%s: decord cannot decode (%s); using ffmpeg", path, _decord_cause(exc))
     if info is None:
         info = probe(path)
