@@ -57,7 +57,7 @@ def run_baseline(clips: list[str], labels: list[str], hf_dir: str, tok_dir: str)
         tokenizer=CLIPTokenizer.from_pretrained(tok_dir),
     )
     model = XCLIPModel.from_pretrained(hf_dir).eval()
-    done, failed = 0, 0
+    predictions, failed = [], 0
     for path in clips:
         try:  # the documentation's read_video_pyav: decode from the start, keep the wanted frames
             with av.open(path, metadata_errors="ignore") as container:
@@ -74,11 +74,11 @@ def run_baseline(clips: list[str], labels: list[str], hf_dir: str, tok_dir: str)
             inputs = processor(text=labels, videos=frames, return_tensors="pt", padding=True)
             with torch.no_grad():
                 probs = model(**inputs).logits_per_video.softmax(dim=1)
-            done += int(probs.argmax() >= 0)
+            predictions.append(labels[int(probs.argmax())])
         except Exception as err:  # what the recipe cannot read (e.g. a 1x1-pixel video) is skipped
             print(f"baseline skips {path}: {err}", file=sys.stderr)
             failed += 1
-    print(json.dumps({"videos": done, "failed": failed}))
+    print(json.dumps({"videos": len(predictions), "failed": failed}))
 
 
 def run_bound(clips: list[str], ours_dir: str, precision: str, batch_size: int) -> None:
@@ -87,11 +87,9 @@ def run_bound(clips: list[str], ours_dir: str, precision: str, batch_size: int) 
     import torch
 
     from xclip_cli import load_model
-    from xclip_cli.video.clips import ClipSpec, VideoTask, load_clips
 
     model = load_model(ours_dir, precision=precision)
-    spec = ClipSpec(frames=model.frames, image_size=model.image_size, mean=model.mean, std=model.std)
-    tensors = [next(iter(load_clips(VideoTask(p), spec))).views for p in clips]
+    tensors = [views_of(model, p) for p in clips]
     batches = [torch.cat(tensors[i : i + batch_size]) for i in range(0, len(tensors), batch_size)]
     with torch.no_grad():
         model.encode_video(batches[0])  # warm-up
@@ -100,6 +98,14 @@ def run_bound(clips: list[str], ours_dir: str, precision: str, batch_size: int) 
             model.encode_video(views)
         seconds = time.perf_counter() - start
     print(json.dumps({"videos": len(tensors), "encoder_seconds": seconds}))
+
+
+def views_of(model, path: str):
+    """The 1x1 test views `xclip tag` feeds `model` for the clip at `path`."""
+    from xclip_cli.video.clips import ClipSpec, VideoTask, load_clips
+
+    spec = ClipSpec(frames=model.frames, image_size=model.image_size, mean=model.mean, std=model.std)
+    return next(iter(load_clips(VideoTask(path), spec))).views
 
 
 def run_cache(clips: list[str], ours_dir: str, vocabularies: list[list[str]], cache: str) -> None:
@@ -217,18 +223,16 @@ def agreement(clips: list[str], ours_dir: str, fp32_report: Path, bf16_report: P
     import torch
 
     from xclip_cli import load_model
-    from xclip_cli.video.clips import ClipSpec, VideoTask, load_clips
 
     def top1(report: Path) -> dict[str, str]:
         return {row["path"]: row["label"] for row in map(json.loads, report.read_text().splitlines())}
 
     a, b = top1(fp32_report), top1(bf16_report)
     full, half = load_model(ours_dir), load_model(ours_dir, precision="bf16")
-    spec = ClipSpec(frames=full.frames, image_size=full.image_size, mean=full.mean, std=full.std)
     cos = []
     with torch.no_grad():
         for path in clips[:: max(1, len(clips) // 8)][:8]:
-            views = next(iter(load_clips(VideoTask(path), spec))).views
+            views = views_of(full, path)
             x, y = full.encode_video(views).embedding, half.encode_video(views).embedding.float()
             cos.append(torch.nn.functional.cosine_similarity(x, y).item())
     return {"min_cos": min(cos), "mean_cos": sum(cos) / len(cos), "top1_agree": sum(a[p] == b.get(p) for p in a) / len(a)}
@@ -285,10 +289,14 @@ def main() -> None:
         "| vocabulary | configuration | wall s | videos/s | vs baseline | vs bound | peak PSS MB (all processes) | peak RSS MB (largest) |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    def labels_file(name: str, labels: list[str]) -> Path:
+        path = work / f"{name}.txt"
+        path.write_text("\n".join(labels) + "\n")
+        return path
+
     reports = {}
     for name, labels in vocabularies.items():
-        label_file = work / f"labels-{len(labels)}.txt"
-        label_file.write_text("\n".join(labels) + "\n")
+        label_file = labels_file(f"labels-{len(labels)}", labels)
         base = best(child("baseline", clips=clips, labels=labels, hf=hf, tok=tok))
         runs = {}
         for precision in ("fp32", "bf16"):
@@ -308,10 +316,7 @@ def main() -> None:
                      f"{n / b['encoder_seconds']:.2f} | | 1.00x | {b['pss_mb']:.0f} | {b['rss_mb']:.0f} |")
 
     cached = [FIVE, ["surfing", "cooking", "dancing", "playing guitar", "walking the dog"], k400]
-    files = []
-    for i, labels in enumerate(cached):
-        files.append(work / f"cache-vocab-{i}.txt")
-        files[-1].write_text("\n".join(labels) + "\n")
+    files = [labels_file(f"cache-vocab-{i}", labels) for i, labels in enumerate(cached)]
     cache = work / "cache"
     procs = [measure([*xclip, "--labels", str(f), "--cache", str(cache), "-o", str(work / f"c{i}.jsonl")])
              for i, f in enumerate(files)]

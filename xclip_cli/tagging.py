@@ -25,6 +25,9 @@ from .workers import DONE, ITEM, WorkerPool, run_inline
 
 log = logging.getLogger(__name__)
 
+#: Videos scored together (the prompt generator runs on a batch); bounds memory for big vocabularies.
+SCORE_BATCH = 64
+
 
 # -- text ---------------------------------------------------------------------------------------------
 @torch.no_grad()
@@ -186,12 +189,12 @@ class TagRun:
         row["error"] = message.removeprefix(f"{task.path}: ")
         return row
 
-    def _rows(self, tasks: Sequence[_Pending], chunk: int = 64) -> list[list[dict[str, Any]]]:
+    def _rows(self, tasks: Sequence[_Pending]) -> list[list[dict[str, Any]]]:
         """Each task's rows, scored together (the prompt generator is far cheaper on a batch of videos)."""
         if not tasks:
             return []
         feats = VideoFeatures.cat([f for p in tasks for _, f in p.clips])
-        step = chunk * self.spec.views  # whole videos per chunk, bounding memory for big vocabularies
+        step = SCORE_BATCH * self.spec.views  # whole videos per chunk
         probs = torch.cat([
             view_probabilities(self.model, feats[j : j + step], self.text, self.spec.views)
             for j in range(0, len(feats), step)
@@ -247,7 +250,7 @@ class TagRun:
                 hit = self.cache.get(key)
                 if hit is not None:
                     hits.append((i, _Pending(task, key, list(hit), decoded=True)))
-                    if len(hits) >= 64:
+                    if len(hits) >= SCORE_BATCH:
                         score_hits()
                         yield from drain()
                     continue

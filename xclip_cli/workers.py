@@ -29,8 +29,8 @@ TaskFn = Callable[[Any], Iterable[Any]]
 class _Worker:
     process: Any
     tasks: Any
-    #: Keys of the tasks handed to this worker and not yet finished, oldest (the one running) first.
-    keys: deque = field(default_factory=deque)
+    #: ``(key, task)`` jobs handed to this worker and not yet finished, oldest (the one running) first.
+    jobs: deque = field(default_factory=deque)
     #: When the running task last made progress.
     since: float = 0.0
 
@@ -82,7 +82,6 @@ class WorkerPool:
         self.ahead = max(1, ahead)
         self._ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         self._results = self._ctx.Queue(maxsize=queue_size or 2 * workers + 2)
-        self._jobs: dict[Any, Any] = {}  # key -> job, to hand a dead worker's backlog to its successor
         self._workers = [self._spawn(i) for i in range(workers)]
 
     def _spawn(self, wid: int) -> _Worker:
@@ -101,14 +100,14 @@ class WorkerPool:
         pending = iter(tasks)
         exhausted = False
         while True:
-            for worker in sorted(self._workers, key=lambda w: len(w.keys)):  # least loaded first
-                while len(worker.keys) < self.ahead and not exhausted:
+            for worker in sorted(self._workers, key=lambda w: len(w.jobs)):  # least loaded first
+                while len(worker.jobs) < self.ahead and not exhausted:
                     job = next(pending, None)
                     if job is None:
                         exhausted = True
                         break
                     self._give(worker, job)
-            if exhausted and not any(w.keys for w in self._workers):
+            if exhausted and not any(w.jobs for w in self._workers):
                 return
             try:
                 wid, key, kind, payload = self._results.get(timeout=0.2)
@@ -116,12 +115,11 @@ class WorkerPool:
                 yield from self._reap()
                 continue
             worker = self._workers[wid]
-            if not worker.keys or worker.keys[0] != key:  # a late message from a worker we gave up on
+            if not worker.jobs or worker.jobs[0][0] != key:  # a late message from a worker we gave up on
                 continue
             worker.since = time.monotonic()
             if kind != ITEM:
-                worker.keys.popleft()
-                self._jobs.pop(key, None)
+                worker.jobs.popleft()
             paused = time.monotonic()
             yield key, kind, payload
             paused = time.monotonic() - paused
@@ -129,16 +127,15 @@ class WorkerPool:
                 w.since += paused
 
     def _give(self, worker: _Worker, job: tuple[Any, Any]) -> None:
-        if not worker.keys:
+        if not worker.jobs:
             worker.since = time.monotonic()
-        worker.keys.append(job[0])
-        self._jobs[job[0]] = job
+        worker.jobs.append(job)
         worker.tasks.put(job)
 
     def _reap(self) -> Iterator[tuple[Any, str, str]]:
         now = time.monotonic()
         for wid, worker in enumerate(self._workers):
-            if not worker.keys:
+            if not worker.jobs:
                 continue
             if not worker.process.is_alive():
                 code = worker.process.exitcode
@@ -147,12 +144,11 @@ class WorkerPool:
                 why = f"timed out after {self.timeout:g} s (decoder hung)"
             else:
                 continue
-            key, *backlog = worker.keys
+            (key, _), *backlog = worker.jobs
             self._kill(worker)
             self._workers[wid] = self._spawn(wid)
-            for later in backlog:  # not started, or cut short by the kill: the new worker runs them
-                self._give(self._workers[wid], self._jobs[later])
-            self._jobs.pop(key, None)
+            for job in backlog:  # not started yet: the new worker runs them
+                self._give(self._workers[wid], job)
             yield key, ERROR, why
 
     @staticmethod
@@ -163,7 +159,7 @@ class WorkerPool:
 
     def close(self) -> None:
         for worker in self._workers:
-            if not worker.keys and worker.process.is_alive():
+            if not worker.jobs and worker.process.is_alive():
                 worker.tasks.put(None)
         for worker in self._workers:
             worker.process.join(timeout=0.5)
