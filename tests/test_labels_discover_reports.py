@@ -18,6 +18,7 @@ from xclip_cli.data.labels import LabelsError, Vocabulary, build_vocabulary, rea
 from xclip_cli.reports import (
     ROW_FIELDS,
     ReportError,
+    ReportWriteError,
     ReportExistsError,
     format_for,
     open_writer,
@@ -311,6 +312,7 @@ def test_order_does_not_depend_on_input_order(library: Path) -> None:
 def make_row(path: str, start: float | None = None, error: str | None = None, **extra) -> dict:
     row = {
         "path": path,
+        "file": f"/videos/{path}",
         "start": start,
         "end": None if start is None else start + 2.0,
         "label": None if error else "swim",
@@ -374,9 +376,9 @@ def test_csv_cell_formats(tmp_path: Path) -> None:
     lines = path.read_text().splitlines()
     assert (
         lines[1]
-        == 'x.mp4,0.333,2.333,swim,0.812346,"swim|dive, high|a|b-free run",0.812346|0.15|1e-07,12.500,8,1x1,xclip-base-patch32,0123456789ab,'
+        == 'x.mp4,/videos/x.mp4,0.333,2.333,swim,0.812346,"swim|dive, high|a|b-free run",0.812346|0.15|1e-07,12.500,8,1x1,xclip-base-patch32,0123456789ab,'
     )
-    assert lines[2] == "y.mp4,,,,,,,12.500,8,1x1,xclip-base-patch32,0123456789ab,boom"
+    assert lines[2] == "y.mp4,/videos/y.mp4,,,,,,,12.500,8,1x1,xclip-base-patch32,0123456789ab,boom"
 
 
 def test_format_for() -> None:
@@ -401,9 +403,16 @@ def test_refuses_to_overwrite_without_resume_or_overwrite(tmp_path: Path, fmt: s
         open_writer(str(path), fmt, resume=False)
     assert isinstance(info.value, FileExistsError) and isinstance(info.value, ReportError)
     assert path.read_text() == "precious\n"
-    with open_writer(str(path), fmt, resume=False, overwrite=True) as writer:
+    # --overwrite replaces reports only: a file that is not one is refused and left as it is
+    with pytest.raises(ReportError, match="refusing to overwrite a file that is not an xclip"):
+        open_writer(str(path), fmt, resume=False, overwrite=True)
+    assert path.read_text() == "precious\n"
+    report = tmp_path / "report2.out"
+    with open_writer(str(report), fmt) as writer:
+        writer.write(make_row("old.mp4"))
+    with open_writer(str(report), fmt, resume=False, overwrite=True) as writer:
         writer.write(make_row("a.mp4"))
-    assert "precious" not in path.read_text() and "a.mp4" in path.read_text()
+    assert "old.mp4" not in report.read_text() and "a.mp4" in report.read_text()
 
 
 def test_empty_existing_file_is_not_refused(tmp_path: Path) -> None:
@@ -460,16 +469,16 @@ def test_resume_after_sigkill_repairs_torn_line_and_skips_done(tmp_path: Path, f
     text = path.read_text()
     assert text.endswith("\n") and "decode failed" not in text
     if fmt == "csv":
-        assert text.count("path,start,end") == 1
+        assert text.count("path,file,start,end") == 1
 
 
 def test_resume_csv_torn_inside_header_and_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "r.csv"
-    path.write_text("path,start,e")
+    path.write_text("path,file,st")
     with open_writer(str(path), "csv", resume=True) as writer:
         assert writer.repaired and writer.done_keys == set()
         writer.write(make_row("a.mp4"))
-    assert path.read_text().count("path,start,end") == 1
+    assert path.read_text().count("path,file,start,end") == 1
     assert [r["path"] for r in read_report(path)] == ["a.mp4"]
     fresh = tmp_path / "new" / "r.jsonl"
     with open_writer(str(fresh), "jsonl", resume=True) as writer:
@@ -486,7 +495,7 @@ def test_resume_refuses_malformed_reports(tmp_path: Path) -> None:
         read_report(bad)
     foreign = tmp_path / "r.csv"
     foreign.write_text("path,score\na.mp4,0.5\n")
-    with pytest.raises(ReportError, match="cannot resume"):
+    with pytest.raises(ReportError, match="refusing to resume"):
         open_writer(str(foreign), "csv", resume=True)
     broken = tmp_path / "r.json"
     broken.write_text('[\n{"path": "a.mp4"},\n')
@@ -508,10 +517,11 @@ def test_json_rewritten_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(json, "dump", failing_dump)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(ReportWriteError, match="No space.*1 rows written before are kept"):
         writer.write(make_row("b.mp4"))
     assert [r["path"] for r in json.loads(path.read_text())] == ["a.mp4"]  # old file intact
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no temporary left behind
+    # no temporary left behind (the lock's sidecar lives as long as the writer)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".report.json.lock", "report.json"]
 
     monkeypatch.setattr(json, "dump", real_dump)
     writer.close()  # the pending row is written at close
@@ -578,21 +588,20 @@ def test_stdout_broken_pipe_is_quiet() -> None:
     # "BrokenPipeError" noise on stderr, even from the interpreter's final flush of stdout.
     script = textwrap.dedent(
         """
-        import importlib.util, sys
-        # Load reports.py alone: importing the xclip_cli package would pull in torch (slow).
-        spec = importlib.util.spec_from_file_location("reports", sys.argv[1])
-        reports = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(reports)
+        import sys
+        sys.path.insert(0, sys.argv[1])
+        import xclip_cli.reports as reports  # the package imports torch lazily: this stays fast
+        assert "torch" not in sys.modules
         with reports.open_writer(None, "jsonl") as writer:
             for i in range(100000):
-                writer.write({"path": f"{i}.mp4", "model": "m"})
+                writer.write({"path": f"{i}.mp4", "file": f"/{i}.mp4", "model": "m"})
                 if writer.broken_pipe:
                     break
         assert writer.broken_pipe
         print("stopped after", writer.rows_written, file=sys.stderr)
         """
     )
-    command = [sys.executable, "-c", script, str(REPO / "xclip_cli/reports.py")]
+    command = [sys.executable, "-c", script, str(REPO)]
     proc = subprocess.run(
         ["bash", "-c", "set -o pipefail; " + shlex.join(command) + " | head -n 1"],
         check=False, capture_output=True, text=True, timeout=60,

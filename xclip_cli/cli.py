@@ -11,14 +11,40 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from . import __version__
+from .errors import (
+    EXIT_INTERRUPTED,
+    EXIT_MODEL,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EXIT_USAGE,
+    UsageError,
+    XClipError,
+)
 
-#: Exit codes (documented in the README).
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+__all__ = ["EXIT_INTERRUPTED", "EXIT_MODEL", "EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "app", "main"]
+
+
+class XClipGroup(TyperGroup):
+    """The one place where errors a user can cause become one line on stderr and their exit code.
+
+    Every command raises :class:`~xclip_cli.errors.XClipError` subclasses and lets them travel here;
+    anything else is a bug and keeps its traceback.
+    """
+
+    def invoke(self, ctx):  # noqa: ANN001 - typer's click context
+        try:
+            return super().invoke(ctx)
+        except XClipError as err:
+            typer.echo(f"xclip: error: {err}", err=True)
+            raise typer.Exit(err.exit_code) from None
+
 
 app = typer.Typer(
     name="xclip",
+    cls=XClipGroup,
     help="Tag, evaluate and fine-tune video libraries with X-CLIP (Ni et al., ECCV 2022).",
     no_args_is_help=True,
     add_completion=False,
@@ -71,20 +97,10 @@ def main_options(
     _setup_logging(verbose, quiet)
 
 
-def _user_errors():
-    """The typed errors users can cause, with their exit codes (imported lazily: torch is slow to load)."""
-    from .data.labels import LabelsError
-    from .errors import XClipError
-    from .reports import ReportError
-    from .video.decode import VideoError
-
-    return XClipError, LabelsError, ReportError, VideoError
-
-
 def _raise_on_sigterm() -> None:
     """SIGTERM (e.g. from a job scheduler) ends the run like Ctrl-C: finish writing, exit 130."""
 
-    def handler(signum, frame):  # noqa: ARG001
+    def handler(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
@@ -93,79 +109,87 @@ def _raise_on_sigterm() -> None:
 @app.command()
 def tag(
     paths: Annotated[list[str], typer.Argument(help="Files, folders, glob patterns, or - to read paths from stdin.")],
-    labels: Annotated[list[Path], typer.Option("--labels", "-l", help="Label file: one per line (# comments) or a CSV with a name column.")] = [],  # noqa: B006
-    label: Annotated[list[str], typer.Option("--label", help="A label (repeatable).")] = [],  # noqa: B006
-    template: Annotated[list[str], typer.Option("--template", help='Prompt template with {} (repeatable: averaged). Default: the bare label, as the model was trained.')] = [],  # noqa: B006
+    labels: Annotated[list[Path], typer.Option("--labels", "-l", help="Label file: one per line (# comments) or a CSV with a name column.")] = [],
+    label: Annotated[list[str], typer.Option("--label", help="A label (repeatable).")] = [],
+    template: Annotated[list[str], typer.Option("--template", help='Prompt template with {} (repeatable: averaged). Default: the bare label, as the model was trained.')] = [],
     model: Annotated[str, typer.Option("--model", "-m", envvar="XCLIP_MODEL", help="Registry name, checkpoint path, folder or hub id.")] = "xclip-b32-k400",
     frames: Annotated[Optional[int], typer.Option(help="Frames per view; must match the checkpoint.")] = None,
     views: Annotated[str, typer.Option(help="CLIPSxCROPS views per video, e.g. 4x3 as in the paper.")] = "1x1",
     device: Annotated[str, typer.Option(envvar="XCLIP_DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[Precision, typer.Option(help="fp32; bf16 (CPU with AMX, or CUDA); fp16 (CUDA).")] = Precision.fp32,
-    batch_size: Annotated[int, typer.Option(min=1, help="Videos per model batch.")] = 4,
-    workers: Annotated[Optional[int], typer.Option(min=0, help="Decoding processes (0: decode in the main process).")] = None,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for the model.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Videos per model batch.")] = 4,
+    workers: Annotated[Optional[int], typer.Option(help="Decoding processes (0: decode in the main process).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for the model.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds before a file that hangs a decoder is abandoned.")] = 120.0,
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Labels reported per video.")] = 5,
+    top_k: Annotated[int, typer.Option("--top-k", help="Labels reported per video.")] = 5,
     multi_label: Annotated[bool, typer.Option("--multi-label", help="Report every label scoring at least --threshold.")] = False,
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Score threshold for --multi-label.")] = 0.1,
+    threshold: Annotated[Optional[float], typer.Option(help="Score threshold for --multi-label (default 0.1).")] = None,
     window: Annotated[Optional[float], typer.Option(help="Tag consecutive windows of this many seconds.")] = None,
     stride: Annotated[Optional[float], typer.Option(help="Seconds between window starts (default: --window).")] = None,
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Report file (.csv, .json, .jsonl); default stdout.")] = None,
     fmt: Annotated[Optional[Format], typer.Option("--format", "-f", help="Default: from --output, else table on a terminal, JSONL in a pipe.")] = None,
     resume: Annotated[bool, typer.Option(help="Skip inputs already in --output for the same model, frames, views and vocabulary.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --output.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --output (only if it is an xclip report).")] = False,
     cache: Annotated[Optional[Path], typer.Option(help="Feature cache folder: re-tagging with new labels skips decoding.")] = None,
     ext: Annotated[Optional[str], typer.Option(help="Comma-separated extensions to take from folders.")] = None,
     null: Annotated[bool, typer.Option("--null", "-0", help="Paths on stdin are NUL-separated (find -print0).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of randomly initialised weights (ARCH:random models).")] = 0,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr (only on a terminal).")] = True,
 ) -> None:
     """Score every video against your labels and write a report (stdout or --output)."""
-    XClipError, LabelsError, ReportError, VideoError = _user_errors()
-    from .data.discover import DEFAULT_EXTENSIONS, discover, normalize_extensions
-    from .reports import format_for, open_writer, read_report
+    from . import options
 
     _raise_on_sigterm()
+    # Option values first: one line and exit 2 before anything is read or loaded.
+    if threshold is not None and not multi_label:
+        raise UsageError("--threshold needs --multi-label (without it the --top-k labels are reported)")
+    if multi_label and threshold is None:
+        threshold = 0.1
+    options.check_frames(frames)
+    options.check_window(window, stride)
+    options.check_run(timeout=timeout, batch_size=batch_size, workers=workers, threads=threads)
+    options.check_scores(top_k, threshold)
+    if not labels and not label:
+        raise UsageError("no labels: pass --labels FILE and/or --label TEXT")
+    from .data.discover import DEFAULT_EXTENSIONS, discover, normalize_extensions
+    from .reports import format_for, open_writer, resolved_path
+
+    report_format = format_for(output, fmt.value if fmt else None, sys.stdout.isatty())
     if "-" in paths and sys.stdin.isatty():
         log.warning("reading paths from the terminal; end with Ctrl-D")
-    try:
-        found = discover(
-            paths, extensions=normalize_extensions(ext) if ext else DEFAULT_EXTENSIONS, stdin=sys.stdin, null=null
-        )
-    except ValueError as err:
-        raise fail(str(err), EXIT_USAGE) from None
+    found = discover(
+        paths, extensions=normalize_extensions(ext) if ext else DEFAULT_EXTENSIONS, stdin=sys.stdin, null=null
+    )
     if not found.paths:
-        raise fail("no input videos found" + (f" ({'; '.join(found.problems[:3])})" if found.problems else ""), EXIT_USAGE)
+        raise UsageError("no input videos found" + (f" ({'; '.join(found.problems[:3])})" if found.problems else ""))
     for problem in found.problems:
         log.warning("%s", problem)
-    if not labels and not label:
-        raise fail("no labels: pass --labels FILE and/or --label TEXT", EXIT_USAGE)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    # The report next: refused, locked or resumed before the model loads (a download can take minutes).
+    writer = open_writer(output, report_format, resume=resume, overwrite=overwrite, inputs=found.paths)
     try:
-        report_format = format_for(output, fmt.value if fmt else None, sys.stdout.isatty())
-        from .tagging import prepare
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        from .tagging import completed_paths, prepare
 
         run = prepare(
             labels=label, labels_files=labels, templates=template, model=model, frames=frames, views=views,
             window=window, stride=stride, device=device, precision=precision.value, batch_size=batch_size,
             workers=min(2, os.cpu_count() or 1) if workers is None else workers, timeout=timeout,
-            top_k=top_k, threshold=threshold if multi_label else None, cache=cache,
+            top_k=top_k, threshold=threshold, cache=cache, seed=seed,
         )
-        writer = open_writer(output, report_format, resume=resume, overwrite=overwrite)
-    except (LabelsError, ValueError) as err:
-        raise fail(str(err), EXIT_USAGE) from None
-    except ReportError as err:
-        raise fail(str(err), EXIT_USAGE) from None
-    except XClipError as err:
-        raise fail(str(err), EXIT_MODEL if err.exit_code == 1 else err.exit_code) from None
+    except BaseException:
+        writer.abandon()
+        raise
 
-    from .tagging import completed_paths
     from .video.clips import VideoTask
 
-    done = completed_paths(read_report(output), run) if resume and output and Path(output).exists() else set()
-    tasks = [VideoTask(str(p)) for p in found.paths if str(p) not in done]
+    done = completed_paths(writer.existing_rows, run)
+    if any(not run.same_run(row) for row in writer.existing_rows):
+        log.warning("%s holds rows of another model, frame count, views or vocabulary: it will hold two runs",
+                    output)
+    tasks = [VideoTask(str(p)) for p in found.paths if resolved_path(p) not in done]
     if done:
         log.info("resuming: %d of %d inputs already in %s", len(found.paths) - len(tasks), len(found.paths), output)
     failed = 0
@@ -183,8 +207,6 @@ def tag(
     except KeyboardInterrupt:
         typer.echo(f"xclip: interrupted; {writer.rows_written} rows written", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    except ReportError as err:
-        raise fail(str(err), EXIT_SOME_FAILED) from None
     if failed:
         log.warning("%d of %d inputs failed (their rows carry the error)", failed, len(tasks))
         raise typer.Exit(EXIT_SOME_FAILED)
@@ -227,13 +249,18 @@ def models(
         from rich.console import Console
         from rich.table import Table
 
-        table = Table("name", "backbone", "frames", "trained on", "top-1", "source", "local")
+        table = Table()
+        # Names are what users type: never cut or wrapped, however narrow the terminal or pipe.
+        table.add_column("name", no_wrap=True, min_width=max(len(r["name"]) for r in rows))
+        for column in ("backbone", "frames", "trained on", "top-1", "source", "local"):
+            table.add_column(column)
         for r in rows:
             table.add_row(
                 r["name"], r["backbone"], str(r["frames"] or "any"), r["trained_on"],
                 f"{r['top1']:.1f}" if r["top1"] else "", r["source"], "yes" if r["available"] else "no",
             )
-        Console().print(table)
+        console = Console()
+        (console if console.is_terminal else Console(width=160)).print(table)
         typer.echo(f"local weights folder: {weights.weights_dir()}", err=True)
         return
     import csv
@@ -254,14 +281,9 @@ from . import cli_eval, cli_finetune  # noqa: E402,F401  (register `eval` and `f
 
 
 def main() -> None:
-    """Console entry point: typed user errors become one line and an exit code, never a traceback."""
+    """Console entry point (typed user errors are turned into one line and an exit code by XClipGroup)."""
     try:
         app()
     except KeyboardInterrupt:
         typer.echo("xclip: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    except Exception as err:  # noqa: BLE001
-        if isinstance(err, _user_errors()):
-            typer.echo(f"xclip: error: {err}", err=True)
-            sys.exit(getattr(err, "exit_code", EXIT_SOME_FAILED))
-        raise

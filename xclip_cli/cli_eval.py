@@ -18,7 +18,6 @@ import typer
 
 from .cli import (
     EXIT_INTERRUPTED,
-    EXIT_MODEL,
     EXIT_SOME_FAILED,
     EXIT_USAGE,
     Precision,
@@ -70,20 +69,24 @@ def eval_command(
     progress: Annotated[bool, typer.Option(help="Progress on stderr.")] = True,
 ) -> None:
     """Accuracy of a model on a dataset's official splits: top-1, top-5 and mean class accuracy."""
-    from .data.datasets import DatasetError, load_splits
-    from .data.labels import LabelsError
+    from . import options
+    from .data.datasets import load_splits
 
     _raise_on_sigterm()
-    for path in (output, predictions):
-        if path is not None and not overwrite and path.exists() and path.stat().st_size > 0:
-            raise fail(f"{path} already exists: use --overwrite to replace it", EXIT_USAGE)
-    try:
-        splits = load_splits(
-            dataset.value, root, split, subset=subset.value, splits_dir=splits_dir, annotations=annotations,
-            labels=labels, seed=seed,
-        )
-    except (DatasetError, LabelsError) as err:
-        raise fail(str(err), EXIT_USAGE) from None
+    # Option values and outputs first: one line and exit 2 before any list is read or model loaded.
+    options.check_frames(frames)
+    options.check_run(timeout=timeout, batch_size=batch_size, workers=workers, threads=threads)
+    from .evaluation import check_outputs
+    from .model import check_device
+    from .video.clips import parse_views
+
+    parse_views(views)
+    check_device(device)
+    check_outputs(output, predictions, overwrite=overwrite)
+    splits = load_splits(
+        dataset.value, root, split, subset=subset.value, splits_dir=splits_dir, annotations=annotations,
+        labels=labels, seed=seed,
+    )
     if limit is not None:
         splits = [s.head(limit) for s in splits]
     for s in splits:
@@ -100,19 +103,13 @@ def eval_command(
 
         torch.set_num_threads(threads)
 
-    XClipError = _xclip_error()
     from .evaluation import evaluate, prepare_run
 
-    try:
-        run = prepare_run(
-            splits, model=model, frames=frames, views=views, device=device, precision=precision.value,
-            batch_size=batch_size, workers=min(2, os.cpu_count() or 1) if workers is None else workers,
-            timeout=timeout,
-        )
-    except (LabelsError, ValueError) as err:
-        raise fail(str(err), EXIT_USAGE) from None
-    except XClipError as err:
-        raise fail(str(err), EXIT_MODEL if err.exit_code == 1 else err.exit_code) from None
+    run = prepare_run(
+        splits, model=model, frames=frames, views=views, device=device, precision=precision.value,
+        batch_size=batch_size, workers=min(2, os.cpu_count() or 1) if workers is None else workers,
+        timeout=timeout,
+    )
 
     try:
         with _Progress(enabled=progress) as advance:
@@ -134,12 +131,6 @@ def eval_command(
         log.warning("%d listed videos missing and %d failed (listed in --output); accuracies are over the scored "
                     "videos only", missing, failed)
         raise typer.Exit(EXIT_SOME_FAILED)
-
-
-def _xclip_error():
-    from .errors import XClipError
-
-    return XClipError
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -175,7 +166,6 @@ def _print_table(evaluation) -> None:
 
 def _write_outputs(evaluation, output: Path | None, predictions: Path | None, plots: Path | None) -> None:
     from .evaluation import write_plots, write_predictions, write_results
-    from .reports import ReportError
 
     try:
         if output is not None:
@@ -185,8 +175,8 @@ def _write_outputs(evaluation, output: Path | None, predictions: Path | None, pl
         if plots is not None:
             for path in write_plots(evaluation, plots):
                 log.info("wrote %s", path)
-    except (ReportError, OSError) as err:
-        raise fail(f"cannot write results: {err}", EXIT_SOME_FAILED) from None
+    except OSError as err:
+        raise fail(f"cannot write results: {err.strerror or err}", EXIT_SOME_FAILED) from None
 
 
 class _Progress:

@@ -1,6 +1,8 @@
 """``xclip finetune``: fine-tune X-CLIP on labelled clips (official recipe), resumable, torchrun-ready.
 
-Thin: parse, call :func:`xclip_cli.training.finetune`, draw progress on stderr.
+Thin: parse, call :func:`xclip_cli.training.finetune`, draw progress on stderr. Option values are checked
+by :meth:`xclip_cli.training.FinetuneConfig.validate` (one line each, exit 2, before anything loads), not
+by click ranges, so that the CLI and the Python API refuse the same values with the same words.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .cli import EXIT_INTERRUPTED, EXIT_MODEL, EXIT_USAGE, app, fail
+from .cli import EXIT_INTERRUPTED, app
 
 
 class FinetuneDataset(str, Enum):
@@ -36,15 +38,15 @@ def finetune_command(
     val_fraction: Annotated[float, typer.Option(help="Without --val: split this stratified fraction off the training clips.", rich_help_panel=_DATA)] = 0.0,
     dataset: Annotated[FinetuneDataset | None, typer.Option("--dataset", help="Official layout instead of --data: its train list; validation on its test list.", rich_help_panel=_DATA)] = None,
     root: Annotated[Path | None, typer.Option("--root", help="--dataset folder.", rich_help_panel=_DATA)] = None,
-    split: Annotated[int, typer.Option(min=1, max=3, help="--dataset split (1-3).", rich_help_panel=_DATA)] = 1,
+    split: Annotated[int, typer.Option(help="--dataset split (1-3).", rich_help_panel=_DATA)] = 1,
     labels: Annotated[Path | None, typer.Option("--labels", "-l", help="Class names in class order (one per line, or CSV with a name column). Default: the training labels, sorted.", rich_help_panel=_DATA)] = None,
-    shots: Annotated[int | None, typer.Option(min=1, help="Few-shot: K clips per class drawn with --seed (the paper's 2/4/8/16-shot protocol).", rich_help_panel=_DATA)] = None,
+    shots: Annotated[int | None, typer.Option(help="Few-shot: K clips per class drawn with --seed (the paper's 2/4/8/16-shot protocol).", rich_help_panel=_DATA)] = None,
     seed: Annotated[int, typer.Option(help="Seed of everything random (sampling, augmentation, mixup, order, shots).", rich_help_panel=_DATA)] = 1024,
     model: Annotated[str, typer.Option("--model", "-m", envvar="XCLIP_MODEL", help="Start from: a CLIP backbone (new modules initialised) or an X-CLIP checkpoint; anything --model of tag takes.", rich_help_panel=_RECIPE)] = "clip-b32",
-    frames: Annotated[int | None, typer.Option(min=1, help="Frames per clip (default: the checkpoint's, 8 for CLIP).", rich_help_panel=_RECIPE)] = None,
-    epochs: Annotated[int, typer.Option(min=1, rich_help_panel=_RECIPE)] = 30,
-    batch_size: Annotated[int, typer.Option(min=1, help="Clips per forward pass, over all processes.", rich_help_panel=_RECIPE)] = 8,
-    accum_steps: Annotated[int, typer.Option(min=1, help="Forward passes per optimizer step.", rich_help_panel=_RECIPE)] = 4,
+    frames: Annotated[int | None, typer.Option(help="Frames per clip, 1-64 (default: the checkpoint's, 8 for CLIP).", rich_help_panel=_RECIPE)] = None,
+    epochs: Annotated[int, typer.Option(rich_help_panel=_RECIPE)] = 30,
+    batch_size: Annotated[int, typer.Option(help="Clips per forward pass, over all processes.", rich_help_panel=_RECIPE)] = 8,
+    accum_steps: Annotated[int, typer.Option(help="Forward passes per optimizer step.", rich_help_panel=_RECIPE)] = 4,
     lr: Annotated[float, typer.Option(help="Peak learning rate of the CLIP weights.", rich_help_panel=_RECIPE)] = 8e-6,
     new_lr_mult: Annotated[float, typer.Option(help="Learning-rate factor of the message_, mit and prompts parameters.", rich_help_panel=_RECIPE)] = 10.0,
     min_lr: Annotated[float | None, typer.Option(help="Cosine floor, all groups (default: lr / 100).", rich_help_panel=_RECIPE)] = None,
@@ -58,22 +60,22 @@ def finetune_command(
     freeze: Annotated[list[str], typer.Option("--freeze", help="Also freeze parameters whose name contains this (repeatable).", rich_help_panel=_RECIPE)] = [],
     grad_checkpointing: Annotated[bool, typer.Option(help="Recompute visual blocks in the backward pass (less memory).", rich_help_panel=_RECIPE)] = False,
     amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (default: on with CUDA, fp16 + loss scaling).", rich_help_panel=_RECIPE)] = None,
-    save_every_steps: Annotated[int, typer.Option(min=0, help="Also write last/ every N optimizer steps (0: once per epoch).", rich_help_panel=_RUN)] = 0,
+    save_every_steps: Annotated[int, typer.Option(help="Also write last/ every N optimizer steps (0: once per epoch).", rich_help_panel=_RUN)] = 0,
     resume: Annotated[bool, typer.Option(help="Continue the run in --output from last/ (with its stored configuration).", rich_help_panel=_RUN)] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.", rich_help_panel=_RUN)] = False,
     device: Annotated[str | None, typer.Option(envvar="XCLIP_DEVICE", help="auto (default), cpu, cuda or cuda:N (torchrun: each process its LOCAL_RANK GPU).", rich_help_panel=_RUN)] = None,
-    workers: Annotated[int | None, typer.Option(min=0, help="Decoding processes per training process (default: 2). --resume keeps the run's unless given.", rich_help_panel=_RUN)] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for the model (default: torch's). --resume keeps the run's unless given.", rich_help_panel=_RUN)] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding processes per training process (default: 2). --resume keeps the run's unless given.", rich_help_panel=_RUN)] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for the model (default: torch's). --resume keeps the run's unless given.", rich_help_panel=_RUN)] = None,
     progress: Annotated[bool, typer.Option(help="Progress bars on stderr (on a terminal).", rich_help_panel=_RUN)] = True,
 ) -> None:
     """Fine-tune X-CLIP on your labelled clips with the official recipe; writes a resumable run folder.
 
     Every data problem is listed (file:line) before training starts. Ctrl-C saves last/; --resume continues
     exactly where it stopped. Under torchrun each process trains on its shard (DistributedDataParallel).
+    The run folder is locked while a run writes it: a second run on it is refused.
     """
-    from .data.labels import LabelsError
-    from .errors import XClipError
-    from .training import DataError, FinetuneConfig, RunFolderError, TrainingInterrupted, finetune
+    from .errors import UsageError
+    from .training import DataError, FinetuneConfig, TrainingInterrupted, finetune
 
     rank = int(os.environ.get("RANK", "0"))
     options: dict[str, Any] = dict(
@@ -91,26 +93,29 @@ def finetune_command(
             output, FinetuneConfig(**options), resume=resume, overwrite=overwrite, progress=bar, handle_signals=True
         )
     except DataError as err:
-        if rank == 0:
-            for problem in err.problems[:100]:
-                typer.echo(f"xclip: {problem}", err=True)
-            if len(err.problems) > 100:
-                typer.echo(f"xclip: ... and {len(err.problems) - 100} more", err=True)
-        raise fail(f"{len(err.problems)} problem(s) in the training data; nothing was trained", EXIT_USAGE) from None
-    except (RunFolderError, LabelsError) as err:
-        raise fail(str(err), EXIT_USAGE) from None
+        _data_problems(err, rank)
+        raise UsageError(f"{len(err.problems)} problem(s) in the training data; nothing was trained") from None
     except TrainingInterrupted as err:
         typer.echo(f"xclip: interrupted; saved {err.checkpoint}; continue with --resume", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except KeyboardInterrupt:
         typer.echo("xclip: interrupted before the first checkpoint", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    except XClipError as err:
-        raise fail(str(err), EXIT_MODEL if err.exit_code == 1 else err.exit_code) from None
+    # Every other XClipError (bad option value 2, locked or unusable run folder 2, model 3, disk full 1)
+    # travels to cli.XClipGroup: one `xclip: error:` line and its exit code.
     if rank == 0 and result.best is not None:
         best = result.best
         accuracy = "" if best["val_top1"] is None else f", val top-1 {best['val_top1']:.2f}% top-5 {best['val_top5']:.2f}%"
         typer.echo(f"xclip: best epoch {best['epoch']}{accuracy}: {result.best_checkpoint}", err=True)
+
+
+def _data_problems(err: Any, rank: int) -> None:
+    """Every data problem on its own line (rank 0 only: the processes of a torchrun all find them)."""
+    if rank == 0:
+        for problem in err.problems[:100]:
+            typer.echo(f"xclip: {problem}", err=True)
+        if len(err.problems) > 100:
+            typer.echo(f"xclip: ... and {len(err.problems) - 100} more", err=True)
 
 
 def _str(path: Path | None) -> str | None:

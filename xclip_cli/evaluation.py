@@ -25,6 +25,7 @@ import csv
 import datetime as _dt
 import json
 import math
+import os
 import platform
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -35,6 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .data.datasets import Split
+from .errors import UsageError
 
 __all__ = [
     "STD_DDOF",
@@ -271,7 +273,7 @@ def evaluate(
     N listed videos of each split. `progress(done, total, path)` is called after each video.
     """
     if not splits:
-        raise ValueError("no splits to evaluate")
+        raise UsageError("no splits to evaluate")
     if limit is not None:
         splits = [s.head(limit) for s in splits]
     if run is None:
@@ -280,7 +282,7 @@ def evaluate(
     position = {name: i for i, name in enumerate(labels)}
     absent = [c for c in vocabulary_of(splits) if c not in position]
     if absent:
-        raise ValueError(f"the run's vocabulary lacks {len(absent)} classes of the splits: {absent[0]!r}...")
+        raise UsageError(f"the run's vocabulary lacks {len(absent)} classes of the splits: {absent[0]!r}...")
 
     from .video.clips import VideoTask
 
@@ -401,6 +403,46 @@ def describe(run: Any) -> dict[str, Any]:
 
 
 # -- writers -------------------------------------------------------------------------------------------------
+_PREDICTIONS_HEADER = "split,path,label,label_index,prediction,prediction_index,top1_correct,top5_correct,error"
+
+
+def _is_results(data: bytes) -> bool:
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(doc, dict) and {"dataset", "summary", "splits"} <= doc.keys()
+
+
+def _is_predictions(data: bytes) -> bool:
+    return data.split(b"\n", 1)[0].decode("utf-8", "replace").startswith(_PREDICTIONS_HEADER)
+
+
+def check_outputs(results: str | Path | None, predictions: str | Path | None, *, overwrite: bool = False) -> None:
+    """Refuse, before anything runs, outputs that exist (without `overwrite`) or that are not ours.
+
+    An existing non-empty file is replaced only with `overwrite`, and only if it is an eval results JSON
+    or predictions CSV of ours; anything else is refused and left untouched (ReportError, exit 2).
+    """
+    from . import files
+    from .reports import ReportError, ReportExistsError, check_output
+
+    for path, ours, what in ((results, _is_results, "results JSON"), (predictions, _is_predictions, "predictions CSV")):
+        if path is None:
+            continue
+        check_output(path)
+        if not os.path.exists(path) or os.path.getsize(path) == 0:
+            continue
+        if not overwrite:
+            raise ReportExistsError(f"{path} already exists: use --overwrite to replace it")
+        try:
+            data = files.read_bytes(path, timeout=files.READ_TIMEOUT_S)
+        except OSError as err:
+            raise ReportError(f"cannot read {path}: {err.strerror or err}") from None
+        if not ours(data):
+            raise ReportError(f"{path}: refusing to overwrite a file that is not an xclip eval {what}")
+
+
 def write_results(evaluation: Evaluation, path: str | Path) -> None:
     """The results JSON, replaced atomically (a crash leaves the old file or the new one)."""
     from .reports import _atomic_write

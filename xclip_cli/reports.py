@@ -3,6 +3,7 @@
 A row is a plain dict, one per video (or per segment of a video)::
 
     path        str          the input path as discovered
+    file        str          the input's resolved absolute path (what --resume matches on)
     start, end  float|None   segment bounds in seconds (None: the whole video)
     label       str|None     top-1 label;  score: float|None, its score
     labels      list[str]    the reported labels (top-k or above the threshold), best first
@@ -27,11 +28,13 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
+
+from .errors import EXIT_SOME_FAILED, EXIT_USAGE, XClipError
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs Python 3.11
@@ -41,6 +44,7 @@ __all__ = [
     "ROW_FIELDS",
     "ReportError",
     "ReportExistsError",
+    "ReportWriteError",
     "ReportWriter",
     "format_for",
     "open_writer",
@@ -50,7 +54,7 @@ __all__ = [
 
 #: Column order of CSV reports (and key order of JSON rows, which may add `all_scores`).
 ROW_FIELDS: tuple[str, ...] = (
-    "path", "start", "end", "label", "score", "labels", "scores",
+    "path", "file", "start", "end", "label", "score", "labels", "scores",
     "duration", "frames", "views", "model", "vocabulary", "error",
 )  # fmt: skip
 FORMATS: tuple[str, ...] = ("table", "csv", "json", "jsonl")
@@ -62,24 +66,43 @@ _LIST_SEPARATOR = "|"
 PathLike = str | os.PathLike[str]
 
 
-class ReportError(Exception):
-    """A report cannot be read, resumed or written; the message names the file (and line)."""
+#: Fields a row of an older xclip report may lack (it is still ours).
+_NEWER_FIELDS = ("file",)
+
+
+class ReportError(XClipError):
+    """A report cannot be read, resumed or replaced; the message names the file (and line)."""
+
+    exit_code = EXIT_USAGE
 
 
 class ReportExistsError(ReportError, FileExistsError):
     """The output file exists and neither resume nor overwrite was asked for."""
 
 
-def row_key(row: Mapping[str, Any]) -> tuple:
-    """What identifies a row for `--resume`: (path, start, model, frames, views, vocabulary).
+class ReportWriteError(ReportError):
+    """Writing a row failed mid-run (disk full, I/O error); every row written before it is kept."""
 
-    `start` is rounded to milliseconds, the precision CSV reports keep, so a key computed from a fresh
-    row equals the key of the same row read back from any format.
+    exit_code = EXIT_SOME_FAILED
+
+
+def resolved_path(path: PathLike) -> str:
+    """The absolute path with symlinks resolved: one file, one name, from whichever folder it is named."""
+    return os.path.realpath(os.fspath(path))
+
+
+def row_key(row: Mapping[str, Any]) -> tuple:
+    """What identifies a row for `--resume`: (file, start, model, frames, views, vocabulary).
+
+    `file` is the resolved path (rows of older reports without it: their path resolved now), so a
+    report resumed from another folder or through a symlink still matches. `start` is rounded to
+    milliseconds, the precision CSV reports keep, so a key computed from a fresh row equals the key of
+    the same row read back from any format.
     """
     start = row.get("start")
     frames = row.get("frames")
     return (
-        os.fspath(row["path"]),
+        row.get("file") or resolved_path(row["path"]),
         None if start is None else round(float(start), 3),
         row.get("model"),
         None if frames is None else int(frames),
@@ -217,14 +240,10 @@ def read_report(path: PathLike) -> list[dict[str, Any]]:
 
 
 def _read_text(p: Path, data: bytes | None = None) -> str:
+    if data is None:
+        data = _read_bytes(p)
     try:
-        if data is None:
-            data = p.read_bytes()
         return data.decode("utf-8-sig")
-    except FileNotFoundError:
-        raise ReportError(f"report not found: {p}") from None
-    except OSError as exc:
-        raise ReportError(f"cannot read report {p}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1 if data else 1
         raise ReportError(f"{p}:{line}: not UTF-8 text; is this a report?") from None
@@ -318,6 +337,160 @@ def _complete_length(data: bytes, fmt: str) -> int:
     return complete
 
 
+# -- what is already there -------------------------------------------------------------------------
+
+_JSONL_START = b'{"path"'
+
+
+@dataclass
+class _Existing:
+    """A report found at the output path, proven ours: its rows, and how many bytes are whole records."""
+
+    rows: list[dict[str, Any]]
+    complete: int
+    size: int
+
+
+def _looks_like_table(text: str) -> bool:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return bool(lines) and lines[0].lstrip().startswith("┏") and "path" in "".join(lines[:3])
+
+
+def _existing_report(path: str, fmt: str, action: str) -> _Existing:
+    """Read the report at `path` and prove it is an xclip report of format `fmt`, touching nothing.
+
+    A torn last record (a writer killed mid-row) is allowed, but only where a report can be torn: after
+    whole records, as the start of a record. Anything else raises ReportError, and the file is left as
+    it is: `action` ("resume", "overwrite") says what was refused.
+    """
+    p = Path(path)
+    refuse = f"refusing to {action} a file that is not an xclip {fmt} report"
+    data = _read_bytes(p)
+    if fmt == "table":
+        if not _looks_like_table(_read_text(p, data)):
+            raise ReportError(f"{p}: {refuse}")
+        return _Existing([], len(data), len(data))
+    complete = len(data) if fmt == "json" else _complete_length(data, fmt)
+    whole, tail = data[:complete], data[complete:]
+    try:
+        text = _read_text(p, whole)
+        if fmt == "json":
+            rows = _parse_json(p, text)
+        elif fmt == "jsonl":
+            rows = _parse_jsonl(p, text, lenient_tail=False)
+        else:
+            header = next(csv.reader(io.StringIO(text, newline="")), None)
+            if header is not None and header != list(ROW_FIELDS):
+                older = header == [f for f in ROW_FIELDS if f not in _NEWER_FIELDS]
+                raise ReportError(
+                    f"{p}:1: columns {', '.join(header)} are not those of "
+                    + ("this version's reports (it was written by an older xclip)" if older else "an xclip report")
+                    + f" ({', '.join(ROW_FIELDS)})"
+                )
+            rows = _parse_csv(p, text, lenient_tail=False)
+    except ReportError as err:
+        raise ReportError(f"{err}; {refuse}") from None
+    for number, row in enumerate(rows, start=1):
+        if not all(name in row for name in ROW_FIELDS if name not in _NEWER_FIELDS):
+            raise ReportError(f"{p}: row {number} lacks the fields of an xclip report; {refuse}")
+    if tail:
+        if fmt == "jsonl":
+            plausible = tail.startswith(_JSONL_START) or _JSONL_START.startswith(tail)
+        else:  # csv: a torn row after the header, or a torn header
+            plausible = bool(whole) or _csv_line(ROW_FIELDS).encode().startswith(tail)
+        if not plausible:
+            raise ReportError(f"{p}: its last {len(tail)} bytes are not a torn report record; {refuse}")
+    return _Existing(rows, complete, len(data))
+
+
+def _read_bytes(p: Path) -> bytes:
+    from . import files
+
+    try:
+        return files.read_bytes(p, timeout=files.READ_TIMEOUT_S)
+    except FileNotFoundError:
+        raise ReportError(f"report not found: {p}") from None
+    except OSError as exc:
+        raise ReportError(f"cannot read report {p}: {exc.strerror or exc}") from None
+
+
+# -- what is already there -------------------------------------------------------------------------
+
+_JSONL_START = b'{"path"'
+
+
+@dataclass
+class _Existing:
+    """A report found at the output path, proven ours: its rows, and how many bytes are whole records."""
+
+    rows: list[dict[str, Any]]
+    complete: int
+    size: int
+
+
+def _looks_like_table(text: str) -> bool:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return bool(lines) and lines[0].lstrip().startswith("┏") and "path" in "".join(lines[:3])
+
+
+def _existing_report(path: str, fmt: str, action: str) -> _Existing:
+    """Read the report at `path` and prove it is an xclip report of format `fmt`, touching nothing.
+
+    A torn last record (a writer killed mid-row) is allowed, but only where a report can be torn: after
+    whole records, as the start of a record. Anything else raises ReportError, and the file is left as
+    it is: `action` ("resume", "overwrite") says what was refused.
+    """
+    p = Path(path)
+    refuse = f"refusing to {action} a file that is not an xclip {fmt} report"
+    data = _read_bytes(p)
+    if fmt == "table":
+        if not _looks_like_table(_read_text(p, data)):
+            raise ReportError(f"{p}: {refuse}")
+        return _Existing([], len(data), len(data))
+    complete = len(data) if fmt == "json" else _complete_length(data, fmt)
+    whole, tail = data[:complete], data[complete:]
+    try:
+        text = _read_text(p, whole)
+        if fmt == "json":
+            rows = _parse_json(p, text)
+        elif fmt == "jsonl":
+            rows = _parse_jsonl(p, text, lenient_tail=False)
+        else:
+            header = next(csv.reader(io.StringIO(text, newline="")), None)
+            if header is not None and header != list(ROW_FIELDS):
+                older = header == [f for f in ROW_FIELDS if f not in _NEWER_FIELDS]
+                raise ReportError(
+                    f"{p}:1: columns {', '.join(header)} are not those of "
+                    + ("this version's reports (it was written by an older xclip)" if older else "an xclip report")
+                    + f" ({', '.join(ROW_FIELDS)})"
+                )
+            rows = _parse_csv(p, text, lenient_tail=False)
+    except ReportError as err:
+        raise ReportError(f"{err}; {refuse}") from None
+    for number, row in enumerate(rows, start=1):
+        if not all(name in row for name in ROW_FIELDS if name not in _NEWER_FIELDS):
+            raise ReportError(f"{p}: row {number} lacks the fields of an xclip report; {refuse}")
+    if tail:
+        if fmt == "jsonl":
+            plausible = tail.startswith(_JSONL_START) or _JSONL_START.startswith(tail)
+        else:  # csv: a torn row after the header, or a torn header
+            plausible = bool(whole) or _csv_line(ROW_FIELDS).encode().startswith(tail)
+        if not plausible:
+            raise ReportError(f"{p}: its last {len(tail)} bytes are not a torn report record; {refuse}")
+    return _Existing(rows, complete, len(data))
+
+
+def _read_bytes(p: Path) -> bytes:
+    from . import files
+
+    try:
+        return files.read_bytes(p, timeout=files.READ_TIMEOUT_S)
+    except FileNotFoundError:
+        raise ReportError(f"report not found: {p}") from None
+    except OSError as exc:
+        raise ReportError(f"cannot read report {p}: {exc.strerror or exc}") from None
+
+
 # -- writers ---------------------------------------------------------------------------------------
 
 
@@ -325,15 +498,18 @@ class ReportWriter:
     """Writes rows as they come. Use `open_writer` to make one; use it as a context manager.
 
     Attributes: `path` (None for stdout), `fmt`, `done_keys` (row keys already in the report: those
-    found when resuming, plus every row written since), `rows_written`, `resumed_rows` (rows kept from
-    the existing report), `retried_errors` (error rows dropped on resume so those inputs are tried
-    again), `repaired` (a torn last record was cut off) and `broken_pipe` (stdout's reader went away,
-    e.g. ``| head -1``: further rows are dropped, so a caller may stop early).
+    found when resuming, plus every row written since), `existing_rows` (the rows kept from the report
+    being resumed), `rows_written`, `resumed_rows`, `retried_errors` (error rows dropped on resume so
+    those inputs are tried again), `repaired` (a torn last record was cut off) and `broken_pipe`
+    (stdout's reader went away, e.g. ``| head -1``: further rows are dropped, so a caller may stop
+    early). A file report is locked (see :class:`xclip_cli.files.FileLock`) from `open_writer` to
+    `close` or `abandon`.
     """
 
-    def __init__(self, path: str | None, fmt: str) -> None:
+    def __init__(self, path: str | None, fmt: str, existing: _Existing | None = None, lock: Any = None) -> None:
         self.path = path
         self.fmt = fmt
+        self.existing_rows: list[dict[str, Any]] = []
         self.done_keys: set[tuple] = set()
         self.rows_written = 0
         self.resumed_rows = 0
@@ -341,27 +517,68 @@ class ReportWriter:
         self.repaired = False
         self.broken_pipe = False
         self.closed = False
+        self._lock = lock
+        # Set by open_writer: the output was absent ("absent") or empty ("empty") before this writer, so
+        # `abandon` may take back what it wrote.
+        self._claimed: str | None = None
         self._stdout: TextIO | None = sys.stdout if path is None else None
 
     def write(self, row: Mapping[str, Any]) -> bool:
         """Write one row; return False (and write nothing) if a row with its `row_key` is already in
-        the report."""
+        the report. Raises ReportWriteError when the file cannot take it (rows before it are kept)."""
         if self.closed:
             raise ValueError("report writer is closed")
         row = _normalize(row)
         key = row_key(row)
         if key in self.done_keys:
             return False
-        self._emit(row)
+        self._guarded(self._emit, row)
         self.done_keys.add(key)
         self.rows_written += 1
         return True
 
     def close(self) -> None:
-        """Finish the report (table: print it; JSON: final rewrite or closing bracket). Idempotent."""
-        if not self.closed:
-            self.closed = True
-            self._finish()
+        """Finish the report (table: print it; JSON: final rewrite or closing bracket) and unlock it.
+        Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._guarded(self._finish)
+        finally:
+            self._release()
+
+    def abandon(self) -> None:
+        """Give up before any row (the model could not be loaded...): unlock, and take back an output
+        this writer created, so a failed start leaves no report behind."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._close_file()
+            if self._claimed and self.rows_written == 0 and self.path is not None:
+                with contextlib.suppress(OSError):
+                    if self._claimed == "absent":
+                        os.unlink(self.path)
+                    else:
+                        os.truncate(self.path, 0)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _guarded(self, action: Callable[..., None], *args: Any) -> None:
+        try:
+            action(*args)
+        except OSError as exc:
+            where = self.path if self.path is not None else "standard output"
+            raise ReportWriteError(
+                f"cannot write report {where}: {exc.strerror or exc}; the {self.rows_written} rows written "
+                "before are kept (continue with --resume)"
+            ) from None
 
     def __enter__(self) -> Self:
         return self
@@ -376,6 +593,9 @@ class ReportWriter:
     def _finish(self) -> None:
         pass
 
+    def _close_file(self) -> None:
+        pass
+
     def _to_stdout(self, text: str) -> None:
         if self.broken_pipe or self._stdout is None:
             return
@@ -385,6 +605,15 @@ class ReportWriter:
         except BrokenPipeError:
             self.broken_pipe = True
             _silence(self._stdout)
+
+    def _keep(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Resume: keep the rows of inputs that succeeded; failed ones are tried again."""
+        kept = [row for row in rows if not row.get("error")]
+        self.retried_errors = len(rows) - len(kept)
+        self.resumed_rows = len(kept)
+        self.existing_rows = kept
+        self.done_keys = {row_key(row) for row in kept}
+        return kept
 
 
 def _silence(stream: TextIO) -> None:
@@ -399,49 +628,30 @@ def _silence(stream: TextIO) -> None:
 class _LineWriter(ReportWriter):
     """JSONL and CSV: one record per row, appended, flushed and fsync'ed before `write` returns."""
 
-    def __init__(self, path: str | None, fmt: str, *, resume: bool) -> None:
-        super().__init__(path, fmt)
+    def __init__(self, path: str | None, fmt: str, existing: _Existing | None = None, lock: Any = None) -> None:
+        super().__init__(path, fmt, existing, lock)
         self._serialize: Callable[[Mapping[str, Any]], str] = _json_line if fmt == "jsonl" else _csv_row_text
         self._need_header = fmt == "csv"
         self._file: TextIO | None = None
         if path is None:
             return
-        if resume and os.path.exists(path):
-            self._resume(path)
-        mode = "a" if resume else "w"
-        self._file = _open_report(path, mode)
+        if existing is not None:  # resume
+            self._resume(path, existing)
+        self._file = _open_report(path, "a" if existing is not None else "w")
         if self._file.tell() > 0:
             self._need_header = False  # the resumed file already has its header
 
-    def _resume(self, path: str) -> None:
-        p = Path(path)
-        data = p.read_bytes()
-        complete = _complete_length(data, self.fmt)
-        if complete < len(data):
+    def _resume(self, path: str, existing: _Existing) -> None:
+        if existing.complete < existing.size:
             # Cut the torn record off in place, so the next row starts on a line of its own.
-            os.truncate(path, complete)
-            data = data[:complete]
+            os.truncate(path, existing.complete)
             self.repaired = True
-        text = _read_text(p, data)
-        if self.fmt == "jsonl":
-            rows = _parse_jsonl(p, text, lenient_tail=False)
-        else:
-            header = next(csv.reader(io.StringIO(text, newline="")), None)
-            if header is not None and header != list(ROW_FIELDS):
-                raise ReportError(
-                    f"{p}:1: columns {', '.join(header)} are not those of an xclip report "
-                    f"({', '.join(ROW_FIELDS)}); cannot resume it"
-                )
-            rows = _parse_csv(p, text, lenient_tail=False)
-        kept = [row for row in rows if not row.get("error")]
-        self.retried_errors = len(rows) - len(kept)
+        kept = self._keep(existing.rows)
         if self.retried_errors:
-            # Failed inputs are tried again; drop their rows first so no input ends up with two rows.
+            # Drop the failed inputs' rows first so that no input ends up with two rows.
             header = _csv_line(ROW_FIELDS) if self.fmt == "csv" else ""
             body = "".join(self._serialize(row) for row in kept)
             _atomic_write(path, lambda fh: fh.write(header + body))
-        self.resumed_rows = len(kept)
-        self.done_keys = {row_key(row) for row in kept}
 
     def _emit(self, row: dict[str, Any]) -> None:
         text = self._serialize(row)
@@ -457,8 +667,13 @@ class _LineWriter(ReportWriter):
         os.fsync(self._file.fileno())
 
     def _finish(self) -> None:
+        self._close_file()
+
+    def _close_file(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # what could not be flushed was reported by write()
+                self._file.close()
+            self._file = None
 
 
 class _JsonWriter(ReportWriter):
@@ -466,8 +681,8 @@ class _JsonWriter(ReportWriter):
     50 ms (large reports), rewrites are spaced to at most ~10 % of the run time. Stdout gets the list
     streamed element by element, closed at `close`."""
 
-    def __init__(self, path: str | None, *, resume: bool) -> None:
-        super().__init__(path, "json")
+    def __init__(self, path: str | None, existing: _Existing | None = None, lock: Any = None) -> None:
+        super().__init__(path, "json", existing, lock)
         self._rows: list[dict[str, Any]] = []
         self._streamed = 0
         self._dirty = False
@@ -475,12 +690,8 @@ class _JsonWriter(ReportWriter):
         self._last_done = 0.0
         if path is None:
             return
-        if resume and os.path.exists(path):
-            rows = _parse_json(Path(path), _read_text(Path(path)))
-            self._rows = [row for row in rows if not row.get("error")]
-            self.retried_errors = len(rows) - len(self._rows)
-            self.resumed_rows = len(self._rows)
-            self.done_keys = {row_key(row) for row in self._rows}
+        if existing is not None:
+            self._rows = list(self._keep(existing.rows))
         # Write the (possibly empty) list now: the name is claimed and always holds valid JSON.
         self._rewrite()
 
@@ -517,8 +728,8 @@ class _JsonWriter(ReportWriter):
 class _TableWriter(ReportWriter):
     """A rich table, printed once at `close` (rows are buffered so stdout holds nothing but the table)."""
 
-    def __init__(self, path: str | None) -> None:
-        super().__init__(path, "table")
+    def __init__(self, path: str | None, existing: _Existing | None = None, lock: Any = None) -> None:
+        super().__init__(path, "table", existing, lock)
         self._rows: list[dict[str, Any]] = []
         if path is not None:
             _open_report(path, "w").close()  # fail now, not after the whole run, if it cannot be written
@@ -531,8 +742,7 @@ class _TableWriter(ReportWriter):
 
         table = _rich_table(self._rows)
         if self.path is not None:
-            with open(self.path, "w", encoding="utf-8") as fh:
-                Console(file=fh, width=160, color_system=None).print(table)
+            _atomic_write(self.path, lambda fh: Console(file=fh, width=160, color_system=None).print(table))
             return
         if not self._rows or self._stdout is None:
             return
@@ -585,51 +795,45 @@ def _open_report(path: str, mode: str) -> TextIO:
 
 
 def _atomic_write(path: str, write: Callable[[TextIO], Any]) -> None:
-    """Replace `path` with what `write` produces, all or nothing, even across a crash."""
-    target = Path(path)
+    """Replace `path` with what `write` produces, all or nothing (see :func:`xclip_cli.files.atomic_write`)."""
+    from . import files
+
+    files.atomic_write(path, write)
+
+
+def check_output(path: PathLike, inputs: Iterable[PathLike] = ()) -> None:
+    """Refuse an output that is one of the `inputs` (the same file under any name) or not a regular file."""
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        mode = target.stat().st_mode & 0o777 if target.exists() else None
-        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
     except OSError as exc:
-        raise ReportError(f"cannot write report {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp makes 0600 files; keep the mode the report had, or what open() would have given it.
-        os.chmod(temporary, mode if mode is not None else 0o666 & ~_umask())
-        os.replace(temporary, target)
-    except BaseException:
+        raise ReportError(f"cannot use {path} as the output: {exc.strerror or exc}") from None
+    if os.path.isdir(path):
+        raise ReportError(f"cannot write report {path}: it is a directory")
+    if not os.path.isfile(path):
+        raise ReportError(f"cannot write report {path}: not a regular file")
+    for item in inputs:
         with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    _fsync_folder(target.parent)
+            if os.path.samestat(st, os.stat(item)):
+                raise ReportError(f"the output {path} is one of the inputs ({os.fspath(item)}); choose another --output")
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_folder(folder: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform, hence best effort.
-    with contextlib.suppress(OSError):
-        handle = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(handle)
-        finally:
-            os.close(handle)
-
-
-def open_writer(path: str | None, fmt: str, *, resume: bool = False, overwrite: bool = False) -> ReportWriter:
+def open_writer(
+    path: str | None,
+    fmt: str,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    inputs: Iterable[PathLike] = (),
+) -> ReportWriter:
     """Open a report writer for `fmt` (one of FORMATS) writing to `path` (None or "-": stdout).
 
-    An existing non-empty file is refused with ReportExistsError unless `resume` (keep its rows, skip
-    their keys, cut off a torn last record, drop error rows so those inputs are retried) or `overwrite`
-    (start afresh). Resuming needs a file, and a CSV, JSON or JSONL one; a missing file is simply
+    A file report is locked for the writer's life: a second writer gets FileLockedError. An existing
+    non-empty file is refused with ReportExistsError unless `resume` (keep its rows, skip their keys,
+    cut off a torn last record, drop error rows so those inputs are retried) or `overwrite` (start
+    afresh); either way it must first prove to be an xclip report of this format, or it is refused and
+    left untouched (ReportError). An output that is one of `inputs` is refused. A missing file is
     created. Raises ReportError for a report that cannot be read or written, ValueError for bad
     arguments.
     """
@@ -642,18 +846,44 @@ def open_writer(path: str | None, fmt: str, *, resume: bool = False, overwrite: 
     if path is None:
         if resume:
             raise ValueError("resuming needs an output file (--output FILE), not stdout")
-    else:
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            raise ReportError(f"cannot write report {path}: it is a directory")
-        if resume and fmt == "table":
-            raise ValueError("a table report cannot be resumed: use a .csv, .json or .jsonl output")
-        if not resume and not overwrite and os.path.exists(path) and os.path.getsize(path) > 0:
-            raise ReportExistsError(
-                f"{path} already exists: use --resume to continue it or --overwrite to replace it"
-            )
+        return _make_writer(None, fmt, None, None)
+    path = os.fspath(path)
+    if resume and fmt == "table":
+        raise ValueError("a table report cannot be resumed: use a .csv, .json or .jsonl output")
+    check_output(path, inputs)
+    from . import files
+
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"cannot write report {path}: {exc.strerror or exc}") from None
+    try:
+        lock = files.FileLock(path, what="report").acquire()
+    except OSError as exc:
+        raise ReportError(f"cannot lock report {path}: {exc.strerror or exc}") from None
+    try:
+        existing = None
+        claimed = "absent" if not os.path.exists(path) else "empty" if os.path.getsize(path) == 0 else None
+        if claimed is None:
+            if not resume and not overwrite:
+                raise ReportExistsError(f"{path} already exists: use --resume to continue it or --overwrite to replace it")
+            existing = _existing_report(path, fmt, "resume" if resume else "overwrite")
+        elif resume and os.path.exists(path):
+            existing = _Existing([], 0, 0)
+        try:
+            writer = _make_writer(path, fmt, existing if resume else None, lock)
+        except OSError as exc:
+            raise ReportError(f"cannot write report {path}: {exc.strerror or exc}") from None
+        writer._claimed = claimed
+        return writer
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _make_writer(path: str | None, fmt: str, existing: _Existing | None, lock: Any) -> ReportWriter:
     if fmt == "table":
-        return _TableWriter(path)
+        return _TableWriter(path, existing, lock)
     if fmt == "json":
-        return _JsonWriter(path, resume=resume)
-    return _LineWriter(path, fmt, resume=resume)
+        return _JsonWriter(path, existing, lock)
+    return _LineWriter(path, fmt, existing, lock)

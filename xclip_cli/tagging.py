@@ -6,10 +6,13 @@ re-tagging with another vocabulary decodes nothing and skips the visual encoder.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -18,8 +21,10 @@ from typing import Any
 
 import torch
 
+from . import files, options
 from .data.labels import Vocabulary, build_vocabulary
-from .model import XCLIP, VideoFeatures, load_model
+from .model import XCLIP, VideoFeatures, check_device, load_model
+from .reports import resolved_path
 from .video.clips import Clip, ClipSpec, VideoTask, load_clips, parse_views
 from .workers import DONE, ITEM, WorkerPool, run_inline
 
@@ -65,16 +70,24 @@ def score_fields(probs: torch.Tensor, labels: Sequence[str], top_k: int, thresho
 
 
 # -- feature cache ------------------------------------------------------------------------------------
-def file_fingerprint(path: str, chunk: int = 1 << 20) -> str:
-    """Size, mtime and a hash of the first and last MiB: cheap, and changes when the file does."""
-    st = os.stat(path)
-    digest = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode())
-    with open(path, "rb") as f:
-        digest.update(f.read(chunk))
-        if st.st_size > chunk:
-            f.seek(max(chunk, st.st_size - chunk))
+def file_fingerprint(path: str, chunk: int = 1 << 20, timeout: float | None = None) -> str:
+    """Size, mtime and a hash of the first and last MiB: cheap, and changes when the file does.
+
+    Raises OSError for anything but a regular file (a FIFO would block forever) and TimeoutError when
+    the reads take longer than `timeout` seconds (a hung network mount).
+    """
+
+    def read() -> str:
+        with files.open_regular(path) as f:
+            st = os.fstat(f.fileno())
+            digest = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode())
             digest.update(f.read(chunk))
-    return digest.hexdigest()
+            if st.st_size > chunk:
+                f.seek(max(chunk, st.st_size - chunk))
+                digest.update(f.read(chunk))
+        return digest.hexdigest()
+
+    return files.with_timeout(read, timeout, what=f"reading {path}")
 
 
 def model_fingerprint(model: XCLIP) -> str:
@@ -88,19 +101,35 @@ def model_fingerprint(model: XCLIP) -> str:
 
 
 class FeatureCache:
-    """One safetensors file per (video file, model, frames, views, window) holding every clip's features."""
+    """One safetensors file per (video file, model, frames, views, window) holding every clip's features.
 
-    def __init__(self, root: str | Path, model: XCLIP, spec: ClipSpec) -> None:
+    Best effort: a cache that cannot be read or written (full disk, read-only folder, a damaged or
+    foreign entry) warns once and tagging goes on without it; a bad entry is ignored and replaced.
+    """
+
+    def __init__(
+        self, root: str | Path, model: XCLIP, spec: ClipSpec, timeout: float | None = None,
+        writable: bool | None = None,
+    ) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.timeout = timeout
+        self._warned: set[str] = set()
         self.context = json.dumps(
             {"model": model_fingerprint(model), "frames": spec.frames, "image_size": spec.image_size,
              "views": spec.views_label, "window": spec.window, "stride": spec.stride, "version": 1},
             sort_keys=True,
         )
+        self.views = spec.views
+        self.embed_dim = model.config.embed_dim
+        self.writable = check_cache_folder(self.root) if writable is None else writable
+
+    def _warn(self, kind: str, message: str, *args: Any) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            log.warning("feature cache: " + message, *args)
 
     def key(self, task: VideoTask) -> str:
-        ident = f"{self.context}|{file_fingerprint(task.path)}|{task.start}|{task.end}"
+        ident = f"{self.context}|{file_fingerprint(task.path, timeout=self.timeout)}|{task.start}|{task.end}"
         return hashlib.sha256(ident.encode()).hexdigest()
 
     def _file(self, key: str) -> Path:
@@ -111,34 +140,71 @@ class FeatureCache:
         from safetensors.torch import safe_open
 
         path = self._file(key)
-        if not path.is_file():
+        if not files.is_regular(path):
             return None
         try:
             with safe_open(str(path), "pt") as f:
-                meta = json.loads(f.metadata()["clips"])
+                meta = json.loads((f.metadata() or {})["clips"])
                 embedding, tokens = f.get_tensor("embedding"), f.get_tensor("prompt_tokens")
-        except (SafetensorError, OSError, KeyError, ValueError) as err:
-            log.warning("ignoring unreadable cache entry %s (%s)", path, err)
+            clips = self._split(meta, embedding, tokens)
+        except (SafetensorError, OSError, KeyError, ValueError, TypeError) as err:
+            self._warn("read", "ignoring unreadable or foreign entries (first: %s: %s); they are recomputed", path, err)
             return None
-        views = embedding.shape[0] // max(1, len(meta))
+        return clips
+
+    def _split(self, meta: Any, embedding: torch.Tensor, tokens: torch.Tensor) -> list[tuple[dict[str, Any], VideoFeatures]]:
+        """The entry's clips, after checking that its shapes are what this model and these views give."""
+        if not isinstance(meta, list) or not meta or not all(
+            isinstance(m, dict) and {"start", "end", "duration"} <= m.keys() for m in meta
+        ):
+            raise ValueError("bad clip list")
+        rows = len(meta) * self.views
+        if (embedding.shape != (rows, self.embed_dim) or tokens.ndim != 3 or tokens.shape[0] != rows
+                or tokens.shape[2] != self.embed_dim or not embedding.is_floating_point()
+                or not tokens.is_floating_point()):
+            raise ValueError(f"shapes {tuple(embedding.shape)} and {tuple(tokens.shape)} do not fit this model")
+        if not (torch.isfinite(embedding).all() and torch.isfinite(tokens).all()):
+            raise ValueError("non-finite features")
+        v = self.views
         return [
-            (m, VideoFeatures(embedding[i * views : (i + 1) * views], tokens[i * views : (i + 1) * views]))
-            for i, m in enumerate(meta)
+            (m, VideoFeatures(embedding[i * v : (i + 1) * v], tokens[i * v : (i + 1) * v])) for i, m in enumerate(meta)
         ]
 
     def put(self, key: str, clips: list[tuple[dict[str, Any], VideoFeatures]]) -> None:
+        if not self.writable:
+            return
         from safetensors.torch import save_file
 
         path = self._file(key)
-        path.parent.mkdir(exist_ok=True)
         feats = VideoFeatures.cat([f for _, f in clips]).to("cpu")
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file(
-            {"embedding": feats.embedding.contiguous(), "prompt_tokens": feats.prompt_tokens.contiguous()},
-            str(tmp),
-            metadata={"clips": json.dumps([m for m, _ in clips])},
-        )
-        tmp.replace(path)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            path.parent.mkdir(exist_ok=True)
+            save_file(
+                {"embedding": feats.embedding.contiguous(), "prompt_tokens": feats.prompt_tokens.contiguous()},
+                str(tmp),
+                metadata={"clips": json.dumps([m for m, _ in clips])},
+            )
+            files.publish_file(tmp, path)
+        except Exception as err:  # safetensors raises its own types for I/O errors
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            self.writable = False
+            self._warn("write", "cannot write to %s (%s); going on without storing features", self.root, err)
+
+
+def check_cache_folder(root: Path) -> bool:
+    """Make the cache folder if needed and tell whether entries can be written there (warns if not)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if not root.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder")
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test."):
+            return True
+    except OSError as err:
+        log.warning("feature cache %s cannot be written (%s); tagging without storing features", root,
+                    err.strerror or err)
+        return False
 
 
 # -- the pipeline -------------------------------------------------------------------------------------
@@ -177,11 +243,17 @@ class TagRun:
 
     def base_row(self, task: VideoTask) -> dict[str, Any]:
         return {
-            "path": task.path, "start": task.start, "end": task.end, "label": None, "score": None,
+            "path": task.path, "file": resolved_path(task.path), "start": task.start, "end": task.end, "label": None, "score": None,
             "labels": [], "scores": [], "duration": None, "frames": self.spec.frames,
             "views": self.spec.views_label, "model": self.model_name, "vocabulary": self.vocabulary.key,
             "error": None,
         }
+
+    def same_run(self, row: dict[str, Any]) -> bool:
+        """Whether a report row was made with this run's model, frames, views and vocabulary."""
+        return (row.get("model"), row.get("frames"), row.get("views"), row.get("vocabulary")) == (
+            self.model_name, self.spec.frames, self.spec.views_label, self.vocabulary.key,
+        )
 
     def error_row(self, task: VideoTask, message: str) -> dict[str, Any]:
         row = self.base_row(task)
@@ -244,8 +316,8 @@ class TagRun:
             if self.cache is not None:
                 try:
                     key = self.cache.key(task)
-                except OSError as err:
-                    ready[i] = [self.error_row(task, f"{task.path}: cannot read ({err.strerror})")]
+                except OSError as err:  # TimeoutError too
+                    ready[i] = [self.error_row(task, f"{task.path}: cannot read ({err.strerror or err})")]
                     continue
                 hit = self.cache.get(key)
                 if hit is not None:
@@ -311,7 +383,8 @@ class TagRun:
 
 
 def completed_paths(rows: Iterable[dict[str, Any]], run: TagRun) -> set[str]:
-    """Inputs a report already holds for this run (same model, frames, views, vocabulary).
+    """Resolved paths of the inputs a report already holds for this run (same model, frames, views,
+    vocabulary); compare with :func:`~xclip_cli.reports.resolved_path` of the inputs.
 
     Failed inputs are not complete (they are tried again). In window mode a file counts only when its
     rows reach the end of the video, so a file cut short by a kill is redone (the writer drops the
@@ -319,12 +392,9 @@ def completed_paths(rows: Iterable[dict[str, Any]], run: TagRun) -> set[str]:
     """
     reach: dict[str, bool] = {}
     for row in rows:
-        same = (row.get("model"), row.get("frames"), row.get("views"), row.get("vocabulary")) == (
-            run.model_name, run.spec.frames, run.spec.views_label, run.vocabulary.key,
-        )
-        if not same or row.get("error"):
+        if not run.same_run(row) or row.get("error"):
             continue
-        path = row["path"]
+        path = row.get("file") or resolved_path(row["path"])
         if run.spec.window is None:
             reach[path] = True
         else:
@@ -332,6 +402,20 @@ def completed_paths(rows: Iterable[dict[str, Any]], run: TagRun) -> set[str]:
             at_end = end is not None and duration is not None and end >= duration - 1e-3
             reach[path] = reach.get(path, False) or at_end
     return {path for path, ok in reach.items() if ok}
+
+
+def check_options(
+    *, frames: int | None = None, window: float | None = None, stride: float | None = None,
+    batch_size: int | None = None, workers: int | None = None, timeout: float | None = None,
+    top_k: int | None = None, threshold: float | None = None, views: str = "1x1", device: str = "auto",
+) -> None:
+    """Every option value of a tag run, checked before anything is loaded (UsageError, exit 2)."""
+    options.check_frames(frames)
+    options.check_window(window, stride)
+    options.check_run(timeout=timeout, batch_size=batch_size, workers=workers)
+    options.check_scores(top_k, threshold)
+    parse_views(views)
+    check_device(device)
 
 
 def prepare(
@@ -352,36 +436,48 @@ def prepare(
     top_k: int = 5,
     threshold: float | None = None,
     cache: str | Path | None = None,
+    seed: int = 0,
 ) -> TagRun:
-    """Load the model, encode the vocabulary and set up sampling once; see :func:`tag`."""
+    """Check the options, load the model, encode the vocabulary and set up sampling once; see :func:`tag`.
+
+    Everything that can be checked without the model (option values, labels, the cache folder) is
+    checked before it loads.
+    """
+    check_options(frames=frames, window=window, stride=stride, batch_size=batch_size, workers=workers,
+                  timeout=timeout, top_k=top_k, threshold=threshold, views=views, device=device)
     vocabulary = build_vocabulary(labels_files, labels, templates)
     for problem in vocabulary.problems:
         log.warning("%s", problem)
     clips, crops = parse_views(views)
+    # Warned about now, not after a long model load.
+    cache_writable = check_cache_folder(Path(cache)) if cache is not None else None
     model_name = model if isinstance(model, str) else getattr(model, "source", "model")
-    net = load_model(model, device=device, precision=precision, frames=frames) if isinstance(model, str) else model
-    if window is not None and window <= 0:
-        raise ValueError(f"--window must be positive, got {window}")
+    if isinstance(model, str):
+        net = load_model(model, device=device, precision=precision, frames=frames, seed=seed)
+    else:
+        net = model
     spec = ClipSpec(
         frames=net.frames, image_size=net.image_size, clips=clips, crops=crops,
         mean=net.mean, std=net.std, window=window, stride=stride,
     )
-    feature_cache = FeatureCache(cache, net, spec) if cache is not None else None
+    feature_cache = None
+    if cache is not None:
+        feature_cache = FeatureCache(cache, net, spec, timeout=timeout, writable=cache_writable)
     return TagRun(
         net, vocabulary, spec, str(model_name), batch_size=batch_size, workers=workers, timeout=timeout,
         top_k=top_k, threshold=threshold, cache=feature_cache,
     )
 
 
-def tag(paths: Sequence[str | Path | VideoTask], **options: Any) -> Iterator[dict[str, Any]]:
+def tag(paths: Sequence[str | Path | VideoTask], **settings: Any) -> Iterator[dict[str, Any]]:
     """Tag videos with a vocabulary: yields one row per video (or per window), in input order.
 
     ``tag(["a.mp4", "b.mkv"], labels=["ride a bike", "swim"])``; ``labels_files``, ``templates``,
     ``model``, ``frames``, ``views``, ``window``, ``stride``, ``device``, ``precision``,
-    ``batch_size``, ``workers``, ``top_k``, ``threshold`` and ``cache`` are the options of
+    ``batch_size``, ``workers``, ``top_k``, ``threshold``, ``cache`` and ``seed`` are the options of
     ``xclip tag``. Unreadable videos give a row whose ``error`` says why.
     """
-    run = prepare(**options)
+    run = prepare(**settings)
     tasks = [p if isinstance(p, VideoTask) else VideoTask(str(p)) for p in paths]
     for rows in run.run(tasks):
         yield from rows

@@ -27,6 +27,13 @@ Run folder::
     metrics.jsonl         one line per epoch: loss, lr, val top-1/top-5 (percent), throughput
     curves.png            loss and accuracy per epoch
     last/, best/          ``save_model`` folders (``xclip tag --model RUN/best``) + ``state.pt``
+    .lock                 held (``fcntl``) while a run writes the folder; a second run on it is refused
+
+Safety: options are checked before anything loads (:meth:`FinetuneConfig.validate`, UsageError); the
+folder is locked for the whole run (rank 0 under torchrun); every file is replaced atomically (a
+temporary file or folder, then a rename) with the user's umask, so a kill, a full disk or Ctrl-C never
+leaves a half-written checkpoint or metrics line; an interrupted validation is never recorded: ``last/``
+then holds the end of that epoch's training and ``--resume`` validates it again.
 """
 
 from __future__ import annotations
@@ -39,11 +46,13 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,8 +62,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
-from .errors import XClipError
+from . import __version__, files
+from .errors import EXIT_SOME_FAILED, EXIT_USAGE, UsageError, XClipError
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +73,7 @@ __all__ = [
     "FinetuneResult",
     "LabeledClip",
     "RunFolderError",
+    "SaveError",
     "TrainData",
     "TrainingInterrupted",
     "finetune",
@@ -80,12 +90,15 @@ RUN_CONFIG = "config.json"
 PLOT_EVERY_S = 60.0
 #: Options that only change how a run executes, never its results: they may differ on --resume.
 RUNTIME_OPTIONS = ("workers", "device", "threads")
+#: The most frames per clip --frames takes (the paper trains 8, 16 and 32).
+MAX_FRAMES = 64
+LOCK_NAME = ".lock"
 
 
 class DataError(XClipError):
     """Training data that cannot be used; ``problems`` lists every problem found (file:line: what)."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = list(problems)
@@ -99,9 +112,16 @@ class DataError(XClipError):
 
 
 class RunFolderError(XClipError):
-    """The run folder cannot be used as asked (exists without --resume/--overwrite, not a run, ...)."""
+    """The run folder cannot be used as asked (exists without --resume/--overwrite, not a run, is a file,
+    cannot be written, ...)."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
+
+
+class SaveError(XClipError):
+    """Writing into the run folder failed mid-run (disk full, I/O error); what was saved before is intact."""
+
+    exit_code = EXIT_SOME_FAILED
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -164,25 +184,85 @@ class FinetuneConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
+    def option_problems(self, world_size: int | None = None) -> list[str]:
+        """Option values that cannot work, as one message each: numbers that are not finite or out of
+        range, a device this machine lacks, a batch the processes cannot share. Cheap: loads nothing."""
+        problems: list[str] = []
+
+        def flag(name: str) -> str:
+            return "--" + name.replace("_", "-")
+
+        def whole(name: str, low: int, high: int | None = None) -> None:
+            value = getattr(self, name)
+            if value is None and name in _OPTIONAL:
+                return
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                problems.append(f"{flag(name)} must be a whole number, got {value!r}")
+            elif value < low or (high is not None and value > high):
+                bounds = f"at least {low}" if high is None else f"from {low} to {high}"
+                problems.append(f"{flag(name)} must be {bounds}, got {value}")
+
+        def real(name: str, ok: Callable[[float], bool], rule: str) -> None:
+            value = getattr(self, name)
+            if value is None and name in _OPTIONAL:
+                return
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                problems.append(f"{flag(name)} must be a number, got {value!r}")
+            elif not math.isfinite(value):
+                problems.append(f"{flag(name)} must be a finite number, got {value}")
+            elif not ok(value):
+                problems.append(f"{flag(name)} must be {rule}, got {value:g}")
+
+        whole("split", 1, 3)
+        whole("shots", 1)
+        whole("seed", 0)
+        whole("frames", 1, MAX_FRAMES)
+        whole("epochs", 1)
+        whole("batch_size", 1)
+        whole("accum_steps", 1)
+        whole("save_every_steps", 0)
+        whole("workers", 0)
+        whole("threads", 1)
+        real("lr", lambda v: v > 0, "positive")
+        real("new_lr_mult", lambda v: v > 0, "positive")
+        real("min_lr", lambda v: v >= 0, ">= 0")
+        real("weight_decay", lambda v: v >= 0, ">= 0")
+        real("warmup_epochs", lambda v: v >= 0, ">= 0")
+        real("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)")
+        real("mixup", lambda v: v >= 0, "0 (off) or a positive Beta alpha")
+        real("cutmix", lambda v: v >= 0, "0 (off) or a positive Beta alpha")
+        real("mixup_switch_prob", lambda v: 0 <= v <= 1, "in [0, 1]")
+        real("val_fraction", lambda v: 0 <= v < 1, "in [0, 1)")
+        if not isinstance(self.freeze, (list, tuple)) or not all(isinstance(f, str) and f for f in self.freeze):
+            problems.append(f"--freeze takes non-empty parts of parameter names, got {self.freeze!r}")
+        if self.amp is not None and not isinstance(self.amp, bool):
+            problems.append(f"--amp must be true, false or unset, got {self.amp!r}")
+        if world_size and world_size > 1 and isinstance(self.batch_size, int) and self.batch_size % world_size:
+            problems.append(f"--batch-size {self.batch_size} is not divisible by the {world_size} processes")
+        if self.device is not None:
+            from .model import check_device
+
+            try:
+                check_device(self.device)
+            except UsageError as err:
+                problems.append(f"--device: {err}")
+        return problems
+
+    def validate(self, world_size: int | None = None) -> None:
+        """Raise :class:`UsageError` (one line, every problem) for option values that cannot work.
+
+        :func:`finetune` calls it first, before any model loads, data is read or anything is written.
+        `world_size` defaults to torchrun's ``WORLD_SIZE``.
+        """
+        if world_size is None:
+            world_size = _world_size()
+        problems = self.option_problems(world_size)
+        if problems:
+            raise UsageError("; ".join(problems))
+
     def check(self) -> list[str]:
-        """Option values that cannot work, as messages (empty when all is well)."""
-        problems = []
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accum_steps": self.accum_steps}
-        problems += [f"--{k.replace('_', '-')} must be at least 1, got {v}" for k, v in positive.items() if v < 1]
-        if self.lr <= 0:
-            problems.append(f"--lr must be positive, got {self.lr}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            problems.append(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if self.shots is not None and self.shots < 1:
-            problems.append(f"--shots must be at least 1, got {self.shots}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            problems.append(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.mixup < 0 or self.cutmix < 0:
-            problems.append("--mixup and --cutmix are Beta alphas: 0 (off) or positive")
-        if self.warmup_epochs < 0:
-            problems.append(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
-        if self.save_every_steps < 0:
-            problems.append(f"--save-every-steps must be >= 0, got {self.save_every_steps}")
+        """Option values that cannot work and missing data sources, as messages (empty when all is well)."""
+        problems = self.option_problems(world_size=1)
         sources = [s for s in (self.data, self.dataset) if s]
         if len(sources) != 1:
             problems.append("give the training clips with --data CSV or with --dataset NAME --root DIR")
@@ -191,6 +271,17 @@ class FinetuneConfig:
         if self.val and self.val_fraction:
             problems.append("--val and --val-fraction exclude each other")
         return problems
+
+
+#: Options whose None means "the default".
+_OPTIONAL = frozenset({"shots", "frames", "min_lr", "workers", "threads"})
+
+
+def _world_size() -> int:
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 @dataclass
@@ -485,9 +576,8 @@ def write_clip_list(path: Path, clips: Sequence[LabeledClip]) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Replace `path` all or nothing, with the user's umask (OSError leaves it as it was)."""
+    files.atomic_write(path, lambda fh: fh.write(text))
 
 
 # -- randomness ---------------------------------------------------------------------------------------------
@@ -790,21 +880,48 @@ def _recover_dir(target: Path) -> None:
         os.replace(old, target)
 
 
+def _folder_mode() -> int:
+    """The mode ``mkdir`` gives a new folder: 0777 less the umask."""
+    return 0o777 & ~files.umask()
+
+
 def save_checkpoint(run_dir: Path, name: str, model: nn.Module, state: dict[str, Any], metadata: dict[str, Any]) -> Path:
-    """Write ``run_dir/name`` (model folder + state.pt) atomically: a temporary folder, then a rename."""
+    """Write ``run_dir/name`` (model folder + state.pt) atomically: a temporary folder, then a rename.
+
+    Files and folder get the user's umask. On any error (disk full...) the temporary folder is removed
+    and ``run_dir/name`` is left as it was.
+    """
     from .model import save_model
 
     target = run_dir / name
-    tmp = run_dir / f".{name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_model(model, tmp, metadata)
-    torch.save(state, tmp / STATE_FILE)
-    for path in tmp.iterdir():  # on disk before the rename makes them the checkpoint
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
-    _replace_dir(tmp, target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=run_dir))
+    try:
+        save_model(model, tmp, metadata)
+        torch.save(state, tmp / STATE_FILE)
+        for path in tmp.iterdir():  # on disk before the rename makes them the checkpoint
+            os.chmod(path, files.default_mode())  # safetensors writes 0600, mkdtemp makes 0700
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        os.chmod(tmp, _folder_mode())
+        _replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    files.fsync_folder(run_dir)
     return target
+
+
+@contextlib.contextmanager
+def _writing(run_dir: Path, what: str) -> Iterator[None]:
+    """An OSError while writing `what` (disk full, I/O error) becomes one :class:`SaveError` line."""
+    try:
+        yield
+    except OSError as err:
+        reason = err.strerror or str(err) or type(err).__name__
+        raise SaveError(
+            f"cannot write {what} in run folder {run_dir}: {reason}; what was saved before is intact"
+            + (" (--resume continues from last/)" if (run_dir / "last" / STATE_FILE).is_file() else "")
+        ) from err
 
 
 def load_state(folder: Path) -> dict[str, Any]:
@@ -816,6 +933,83 @@ def load_state(folder: Path) -> dict[str, Any]:
 
 
 # -- the run folder -----------------------------------------------------------------------------------------
+def _entries(folder: Path) -> list[Path]:
+    """What `folder` holds besides our lock file."""
+    return [p for p in folder.iterdir() if p.name != LOCK_NAME]
+
+
+def _check_output(output: Path) -> None:
+    """Refuse, in one line, an --output that is a file, lies under a file or cannot be written."""
+    if output.exists() and not output.is_dir():
+        raise RunFolderError(f"--output {output} is a file, not a run folder")
+    for ancestor in (output, *output.parents):
+        if os.path.lexists(ancestor):
+            break
+    if not ancestor.is_dir():
+        raise RunFolderError(f"--output {output}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise RunFolderError(f"--output {output}: cannot write in {ancestor} (permission denied)")
+
+
+class _RunLock:
+    """The run folder's lock (``files.FileLock`` on ``RUN/.lock``), held from before the first write to the
+    end of the run (the kernel drops it when the process dies, even by SIGKILL; forked workers do not
+    inherit it); folders it had to create are removed again if the run wrote nothing into them."""
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        self.created: list[Path] = []
+        self.lock: files.FileLock | None = None
+
+    def __enter__(self) -> _RunLock:
+        _check_output(self.output)
+        missing = [p for p in (self.output, *self.output.parents) if not os.path.lexists(p)]
+        try:
+            for folder in reversed(missing):
+                folder.mkdir()
+                self.created.append(folder)
+            self.lock = files.FileLock(self.output, what="run folder").acquire()
+        except OSError as err:
+            self._remove_created()
+            raise RunFolderError(f"--output {self.output}: cannot create or lock the run folder "
+                                 f"({err.strerror or err})") from None
+        except BaseException:
+            self._remove_created()
+            raise
+        return self
+
+    def _remove_created(self) -> None:
+        for folder in reversed(self.created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: nothing of a run is ever removed here
+
+    def __exit__(self, *exc: object) -> None:
+        if self.lock is not None:
+            self.lock.release()
+        self._remove_created()
+
+
+#: What a killed run may leave half-written: checkpoint folders and files in the making (ours only).
+_TEMPORARY = re.compile(
+    r"^\.(?:(?:last|best)(?:\..+)?\.tmp"
+    r"|(?:metrics\.jsonl|config\.json|labels\.csv|train\.csv|val\.csv)\..+\.tmp"
+    r"|curves\.png\.tmp\d+\.png)$"
+)
+
+
+def _remove_temporaries(output: Path) -> None:
+    """Remove what a run killed while writing left behind (the lock is held: nobody else writes here)."""
+    if not output.is_dir():
+        return
+    for entry in output.iterdir():
+        if _TEMPORARY.match(entry.name):
+            with contextlib.suppress(OSError):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+
+
 def _is_run_folder(path: Path) -> bool:
     try:
         doc = json.loads((path / RUN_CONFIG).read_text())
@@ -831,9 +1025,9 @@ def open_run_folder(output: Path, config: FinetuneConfig | None, *, resume: bool
     it, with its own stored configuration) or ``overwrite`` (only for a folder that holds a run).
     Checks only; nothing is written.
     """
-    exists = output.exists() and (not output.is_dir() or any(output.iterdir()))
     if output.exists() and not output.is_dir():
         raise RunFolderError(f"--output {output} is a file, not a run folder")
+    exists = output.exists() and bool(_entries(output))
     if resume and _is_run_folder(output):
         stored = FinetuneConfig.from_dict(json.loads((output / RUN_CONFIG).read_text())["config"])
         if config is not None:
@@ -864,9 +1058,33 @@ def open_run_folder(output: Path, config: FinetuneConfig | None, *, resume: bool
 
 
 def _write_run_files(output: Path, config: FinetuneConfig, data: TrainData, derived: dict[str, Any], overwrite: bool) -> None:
+    """The files of a new run; config.json last, so that a folder is a run (resumable) only once all are
+    there. On an error the files written here are removed again."""
     if overwrite and output.exists():
-        shutil.rmtree(output)
+        for entry in _entries(output):  # the lock file stays: we hold it
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     output.mkdir(parents=True, exist_ok=True)
+    written = [output / name for name in ("labels.csv", "train.csv", "val.csv", RUN_CONFIG)]
+    try:
+        _write_new_run_files(output, config, data, derived)
+    except BaseException:
+        for path in written:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
+
+
+def _write_new_run_files(output: Path, config: FinetuneConfig, data: TrainData, derived: dict[str, Any]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["id", "name"])
+    writer.writerows(enumerate(data.classes))
+    _write_text(output / "labels.csv", buffer.getvalue())
+    write_clip_list(output / "train.csv", data.train)
+    write_clip_list(output / "val.csv", data.val)
     doc = {
         "format": "xclip-cli-finetune",
         "format_version": 1,
@@ -876,13 +1094,6 @@ def _write_run_files(output: Path, config: FinetuneConfig, data: TrainData, deri
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     _write_text(output / RUN_CONFIG, json.dumps(doc, indent=2) + "\n")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["id", "name"])
-    writer.writerows(enumerate(data.classes))
-    _write_text(output / "labels.csv", buffer.getvalue())
-    write_clip_list(output / "train.csv", data.train)
-    write_clip_list(output / "val.csv", data.val)
 
 
 def _write_metrics(output: Path, records: Sequence[dict[str, Any]]) -> None:
@@ -910,8 +1121,13 @@ def plot_curves(path: Path, records: Sequence[dict[str, Any]]) -> None:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _try_plot(path: Path, records: Sequence[dict[str, Any]]) -> None:
@@ -923,8 +1139,15 @@ def _try_plot(path: Path, records: Sequence[dict[str, Any]]) -> None:
 
 # -- validation ---------------------------------------------------------------------------------------------
 @torch.no_grad()
-def validate(model: nn.Module, data: TrainData, clips: Sequence[LabeledClip], *, workers: int) -> tuple[float, float, int]:
-    """(top-1 hits, top-5 hits, failures) of `clips` with ``xclip tag``'s own pipeline (1x1 views)."""
+def validate(
+    model: nn.Module, data: TrainData, clips: Sequence[LabeledClip], *, workers: int,
+    stop: Callable[[], bool] | None = None,
+) -> tuple[float, float, int]:
+    """(top-1 hits, top-5 hits, failures) of `clips` with ``xclip tag``'s own pipeline (1x1 views).
+
+    Raises KeyboardInterrupt as soon as ``stop()`` is true (checked after each clip): the counts of a
+    validation that did not run to the end are never returned.
+    """
     from .data.labels import Vocabulary
     from .tagging import TagRun
     from .video.clips import ClipSpec, VideoTask
@@ -939,15 +1162,22 @@ def validate(model: nn.Module, data: TrainData, clips: Sequence[LabeledClip], *,
     run = TagRun(model, Vocabulary(list(data.classes)), spec, "finetune", batch_size=8, workers=workers, top_k=5)
     tasks = [VideoTask(c.path, c.start, c.end) for c in clips]
     top1 = top5 = failed = 0
-    for clip, rows in zip(clips, run.run(tasks)):
-        row = rows[0]
-        if row["error"]:
-            failed += 1
-            log.warning("validation clip %s: %s", clip.path, row["error"])
-            continue
-        top1 += row["label"] == clip.label
-        top5 += clip.label in row["labels"]
-    model.train(was_training)
+    try:
+        with contextlib.closing(run.run(tasks)) as results:
+            for clip, rows in zip(clips, results):
+                if stop is not None and stop():
+                    raise KeyboardInterrupt
+                row = rows[0]
+                if row["error"]:
+                    failed += 1
+                    log.warning("validation clip %s: %s", clip.path, row["error"])
+                    continue
+                top1 += row["label"] == clip.label
+                top5 += clip.label in row["labels"]
+        if stop is not None and stop():  # the last clip's decoder may have seen the signal
+            raise KeyboardInterrupt
+    finally:
+        model.train(was_training)
     return float(top1), float(top5), failed
 
 
@@ -1003,30 +1233,45 @@ def finetune(
     (main thread only): SIGINT/SIGTERM save ``last/`` at the next optimizer step and raise
     :class:`TrainingInterrupted`.
 
-    Raises :class:`DataError` (every data problem, before any training), :class:`RunFolderError`,
-    ``WeightsError`` (model), :class:`TrainingInterrupted` after saving ``last/`` on Ctrl-C/SIGTERM.
+    The run folder is locked (``RUN/.lock``, rank 0) from before the first write to the end; another
+    run on it gets ``FileLockedError``. Every file in it is replaced atomically with the user's umask.
+
+    Raises ``UsageError`` (option values, before anything loads), :class:`DataError` (every data problem,
+    before any training), :class:`RunFolderError`, ``FileLockedError``, ``WeightsError`` (model),
+    :class:`SaveError` (disk full...: the checkpoints saved before are intact), :class:`TrainingInterrupted`
+    after saving ``last/`` on Ctrl-C/SIGTERM.
     """
     if config is None:
         config = FinetuneConfig(**options) if (options or not resume) else None
     elif options:
         config = FinetuneConfig.from_dict({**asdict(config), **options})
+    if config is not None:
+        config.validate()
     run_dir = Path(output).expanduser()
-    if os.environ.get("RANK", "0") == "0":
-        _recover_dir(run_dir / "last")
-    config, resuming = open_run_folder(run_dir, config, resume=resume, overwrite=overwrite)
-    if config.workers is None:
-        config.workers = min(2, os.cpu_count() or 1)
-    threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    dist, device = _init_distributed(config.device or "auto")
-    try:
-        return _run(run_dir, config, dist, device, resuming=resuming, overwrite=overwrite,
-                    progress=progress if (progress is not None and dist.main) else NoProgress(),
-                    handle_signals=handle_signals)
-    finally:
-        dist.close()
-        torch.set_num_threads(threads)
+    main = os.environ.get("RANK", "0") == "0"
+    with _RunLock(run_dir) if main else contextlib.nullcontext():
+        if main:
+            with _writing(run_dir, "last/"):
+                _recover_dir(run_dir / "last")
+        config, resuming = open_run_folder(run_dir, config, resume=resume, overwrite=overwrite)
+        if main:
+            _remove_temporaries(run_dir)
+        config.validate()  # a resumed run: its stored options with the runtime ones given now
+        if config.workers is None:
+            config.workers = min(2, os.cpu_count() or 1)
+        threads = torch.get_num_threads()
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        try:
+            dist, device = _init_distributed(config.device or "auto")
+            try:
+                return _run(run_dir, config, dist, device, resuming=resuming, overwrite=overwrite,
+                            progress=progress if (progress is not None and dist.main) else NoProgress(),
+                            handle_signals=handle_signals)
+            finally:
+                dist.close()
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _run(
@@ -1039,8 +1284,7 @@ def _run(
 
     # A resumed run trains on the lists it wrote when it started, whatever the CSVs say now.
     data = stored_data(run_dir) if resuming else prepare_data(config, dist.world)
-    if config.batch_size % dist.world:
-        raise DataError([f"--batch-size {config.batch_size} is not divisible by the {dist.world} processes"])
+    config.validate(dist.world)  # --batch-size divisible by the processes (checked before, from WORLD_SIZE)
     for warning in data.warnings:
         log.warning("%s", warning)
     state = None
@@ -1072,7 +1316,8 @@ def _run(
     }
     dist.barrier()  # every rank has checked the run folder before rank 0 writes to it
     if not resuming and dist.main:
-        _write_run_files(run_dir, config, data, derived, overwrite)
+        with _writing(run_dir, "the run files"):
+            _write_run_files(run_dir, config, data, derived, overwrite)
     dist.barrier()
 
     model.eval()
@@ -1114,7 +1359,8 @@ def _run(
         torch.set_rng_state(state["rng"]["torch"])
         log.info("resuming %s at epoch %d, step %d", run_dir, epoch + 1, step)
         if dist.main:
-            _write_metrics(run_dir, records)  # drop a line written after the state was saved
+            with _writing(run_dir, "metrics.jsonl"):
+                _write_metrics(run_dir, records)  # drop a line written after the state was saved
 
     def set_lr(global_step: int) -> float:
         for g in optimizer.param_groups:
@@ -1140,7 +1386,16 @@ def _run(
 
     def save_last(at_epoch: int, at_step: int) -> None:
         if dist.main:
-            save_checkpoint(run_dir, "last", model, snapshot(at_epoch, at_step), metadata(at_epoch, at_step))
+            with _writing(run_dir, "last/"):
+                save_checkpoint(run_dir, "last", model, snapshot(at_epoch, at_step), metadata(at_epoch, at_step))
+
+    def interrupted() -> TrainingInterrupted:
+        """Save last/ at `epoch`, `step` (the state after that many optimizer steps) and say so."""
+        save_last(epoch, step)
+        if dist.main and records:
+            _try_plot(run_dir / "curves.png", records)
+        dist.barrier()
+        return TrainingInterrupted(run_dir / "last")
 
     progress.start({"epochs": config.epochs, "steps_per_epoch": steps_per_epoch, "epoch": epoch, "step": step,
                     "train_clips": len(data.train), "val_clips": len(data.val), "world_size": dist.world})
@@ -1200,11 +1455,7 @@ def _run(
                         save_last(epoch, step)
                 if stopping:
                     # last/ = the state after `step` optimizer steps; a partial accumulation is dropped.
-                    save_last(epoch, step)
-                    if dist.main and records:
-                        _try_plot(run_dir / "curves.png", records)
-                    dist.barrier()
-                    raise TrainingInterrupted(run_dir / "last")
+                    raise interrupted()
 
                 # -- end of epoch: reduce, validate, record, checkpoint
                 last_step = (epoch + 1) * steps_per_epoch - 1  # the epoch's last optimizer step
@@ -1212,8 +1463,18 @@ def _run(
                 shard = data.val[dist.rank :: dist.world]
                 progress.validating(epoch, len(data.val))
                 tick = time.perf_counter()
-                top1, top5, failed = validate(model, data, shard, workers=config.workers)
-                top1, top5, failed = dist.sum([top1, top5, failed], device)
+                # Ctrl-C / SIGTERM during validation (it may have killed a decoder: a clip counted as
+                # failed) must not be recorded: last/ = the end of this epoch's training, and --resume
+                # runs this validation again, so it ends with the metrics of an uninterrupted run.
+                try:
+                    top1, top5, failed = validate(model, data, shard, workers=config.workers,
+                                                  stop=lambda: stop.set)
+                    halted = stop.set
+                except KeyboardInterrupt:
+                    top1, top5, failed, halted = 0.0, 0.0, 0, True
+                top1, top5, failed, halted = dist.sum([top1, top5, failed, float(halted)], device)
+                if halted:
+                    raise interrupted()
                 record = {
                     "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "loss": loss_sum / max(loss_count, 1),
                     "lr": lr_at(last_step, config.lr, min_lr, warmup_steps, total_steps),
@@ -1232,10 +1493,15 @@ def _run(
                 epoch, step = epoch + 1, 0
                 stats = {"loss_sum": 0.0, "loss_count": 0.0, "clips": 0.0, "seconds": 0.0}
                 if dist.main:
+                    # best/ first: a failure (disk full) before last/ is written leaves last/ at the
+                    # previous epoch, whose --resume redoes this epoch and writes best/ again.
                     if improved:
-                        save_checkpoint(run_dir, "best", model, snapshot(epoch, 0), metadata(epoch, 0))
-                    save_checkpoint(run_dir, "last", model, snapshot(epoch, 0), metadata(epoch, 0))
-                    _write_metrics(run_dir, records)
+                        with _writing(run_dir, "best/"):
+                            save_checkpoint(run_dir, "best", model, snapshot(epoch, 0), metadata(epoch, 0))
+                    with _writing(run_dir, "last/"):
+                        save_checkpoint(run_dir, "last", model, snapshot(epoch, 0), metadata(epoch, 0))
+                    with _writing(run_dir, "metrics.jsonl"):
+                        _write_metrics(run_dir, records)
                     # Redrawn at most every PLOT_EVERY_S (a plot costs ~0.3 s) and after the last epoch.
                     if time.monotonic() - plotted > PLOT_EVERY_S or epoch == config.epochs:
                         _try_plot(run_dir / "curves.png", records)
@@ -1245,5 +1511,6 @@ def _run(
     finally:
         progress.close()
     if dist.main:
-        _write_metrics(run_dir, records)
+        with _writing(run_dir, "metrics.jsonl"):
+            _write_metrics(run_dir, records)
     return FinetuneResult(run_dir, records, best, list(data.classes))

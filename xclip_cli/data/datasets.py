@@ -38,6 +38,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..errors import UsageError
+from ..files import READ_TIMEOUT_S, read_bytes
 from .discover import DEFAULT_EXTENSIONS
 from .labels import read_labels
 
@@ -98,7 +100,7 @@ K400_TO_K600_RENAMES: dict[str, str] = {
 }
 
 
-class DatasetError(ValueError):
+class DatasetError(UsageError):
     """A dataset layout, split file or list that cannot be used; the message names the file (and line)."""
 
 
@@ -167,7 +169,7 @@ def label_list(dataset: str) -> tuple[list[str], Path]:
 
 def _read_text(path: Path, what: str) -> str:
     try:
-        data = path.read_bytes()
+        data = read_bytes(path, timeout=READ_TIMEOUT_S)
     except FileNotFoundError:
         raise DatasetError(f"{what} not found: {path}") from None
     except OSError as err:

@@ -24,6 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import UsageError
+from ..files import READ_TIMEOUT_S, read_bytes
+
 __all__ = ["DEFAULT_TEMPLATES", "LabelsError", "Vocabulary", "build_vocabulary", "read_labels"]
 
 PathLike = str | os.PathLike[str]
@@ -32,7 +35,7 @@ PathLike = str | os.PathLike[str]
 DEFAULT_TEMPLATES: tuple[str, ...] = ("{}",)
 
 
-class LabelsError(ValueError):
+class LabelsError(UsageError):
     """A label file, label or template cannot be used. The message names the file (and line)."""
 
 
@@ -52,12 +55,12 @@ def _read_entries(path: PathLike) -> list[tuple[int, str]]:
     Line numbers are kept so that problems can point at the exact line.
     """
     p = Path(path)
+    if p.is_dir():
+        raise LabelsError(f"labels file is a directory: {p}")
     try:
-        data = p.read_bytes()
+        data = read_bytes(p, timeout=READ_TIMEOUT_S)
     except FileNotFoundError:
         raise LabelsError(f"labels file not found: {p}") from None
-    except IsADirectoryError:
-        raise LabelsError(f"labels file is a directory: {p}") from None
     except OSError as exc:
         raise LabelsError(f"cannot read labels file {p}: {exc.strerror or exc}") from None
 

@@ -9,12 +9,19 @@ from pathlib import Path
 import torch
 
 from .. import weights
-from ..errors import WeightsError
-from .checkpoints import load_file_checkpoint, load_hf_dir, load_our_dir, save_model
-from .config import XCLIPConfig, backbone_config
+from ..errors import UsageError, WeightsError
+from .checkpoints import (
+    load_file_checkpoint,
+    load_hf_dir,
+    load_our_dir,
+    model_from_clip_state,
+    read_tensors,
+    save_model,
+)
+from .config import MAX_FRAMES, XCLIPConfig, backbone_config
 from .xclip import XCLIP, VideoFeatures
 
-__all__ = ["XCLIP", "VideoFeatures", "XCLIPConfig", "load_model", "resolve_device", "save_model"]
+__all__ = ["XCLIP", "VideoFeatures", "XCLIPConfig", "check_device", "load_model", "resolve_device", "save_model"]
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +29,35 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 _OPEN_CLIP = re.compile(r"^(ViT-[BL][-/]\d\d(?:-336|@336px)?)(?::(\S+))?$")
 
 
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(?::\d+)?)$")
+
+
+def check_device(device: str | torch.device) -> str:
+    """`device` as a checked string: ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N`` that this machine has.
+
+    Raises UsageError (one line, exit 2) before anything is loaded.
+    """
+    text = str(device).strip().lower()
+    if not _DEVICE.match(text):
+        raise UsageError(f"unknown device {str(device)!r}: use auto, cpu, cuda or cuda:N")
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {text} requested but CUDA is not available on this machine")
+        index = int(text.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"device {text} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if text == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("device mps requested but MPS is not available on this machine")
+    return text
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks the first CUDA GPU when there is one, else the CPU."""
-    if str(device) == "auto":
+    """``auto`` picks the first CUDA GPU when there is one, else the CPU. Raises UsageError for a device
+    this machine does not have or a string that names none."""
+    text = check_device(device)
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise WeightsError(f"device {device} requested but CUDA is not available on this machine")
-    return device
+    return torch.device(text)
 
 
 def load_model(
@@ -38,6 +66,7 @@ def load_model(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     frames: int | None = None,
+    seed: int = 0,
 ) -> XCLIP:
     """Load an X-CLIP model in eval mode from any supported source, detected without flags.
 
@@ -45,12 +74,20 @@ def load_model(
     official X-CLIP ``.pth``, a CLIP checkpoint file, an open_clip backbone with a pretrained tag
     (``ViT-B-32:openai``; ``ViT-B-32:random`` for random weights), or a folder written by
     :func:`save_model`. ``frames`` is checked against X-CLIP checkpoints and picks the frame count of
-    models built from CLIP.
+    models built from CLIP. ``seed`` fixes the random weights of ``ARCH:random`` and the new X-CLIP
+    modules of an open_clip backbone (the global RNG is left as it was).
+
+    Model files never run code: pickles are read weights-only, TorchScript archives without running
+    them. Raises UsageError for a bad option value, WeightsError for a model that cannot be loaded.
     """
     if precision not in PRECISIONS:
-        raise WeightsError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    model = _load(str(source), frames)
-    target = resolve_device(device)
+        raise UsageError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= MAX_FRAMES):
+        raise UsageError(f"frames must be a whole number from 1 to {MAX_FRAMES}, got {frames!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UsageError(f"seed must be an integer, got {seed!r}")
+    target = resolve_device(device)  # a device this machine lacks fails before the weights are read
+    model = _load(str(source), frames, seed)
     dtype = PRECISIONS[precision]
     if dtype is torch.float16 and target.type == "cpu":
         log.warning("fp16 is not supported well on the CPU; using bf16 instead")
@@ -68,20 +105,20 @@ def _native_cpu_bf16() -> bool:
     return any(probe() for probe in probes if probe is not None) or all(probe is None for probe in probes)
 
 
-def _load(source: str, frames: int | None) -> XCLIP:
+def _load(source: str, frames: int | None, seed: int = 0) -> XCLIP:
     path = Path(source).expanduser()
     if path.exists():
         return _load_path(path, frames)
     match = _OPEN_CLIP.match(source)
     if match:
-        return _from_open_clip(match.group(1), match.group(2) or "openai", frames, source)
+        return _from_open_clip(match.group(1), match.group(2) or "openai", frames, source, seed=seed)
     if source in weights.registry():
         entry = weights.get_entry(source)
         if entry.kind == "clip":
             local = weights.local_copy(entry)
             if local is not None:
                 return _load_path(local, frames)
-            return _from_open_clip(entry.open_clip[0], entry.open_clip[1], frames, source)
+            return _from_open_clip(entry.open_clip[0], entry.open_clip[1], frames, source, seed=seed)
         model = _load_path(weights.resolve(entry), frames)
         model.source = source
         return model
@@ -107,23 +144,49 @@ def _load_path(path: Path, frames: int | None) -> XCLIP:
     return load_file_checkpoint(path, frames)
 
 
-def _from_open_clip(arch: str, tag: str, frames: int | None, source: str) -> XCLIP:
+def _from_open_clip(arch: str, tag: str, frames: int | None, source: str, *, seed: int = 0) -> XCLIP:
+    """An X-CLIP on an open_clip backbone: random (``random``/``none``) or a pretrained tag's weights.
+
+    open_clip only resolves the tag to a file (its hub copy first, ``open_clip_model.safetensors``
+    before ``open_clip_pytorch_model.bin``, else the original URL, which for OpenAI is a TorchScript
+    ``.pt``); the file is read by :func:`read_tensors`, never by ``torch.jit.load`` or a full pickle.
+    Random weights come from a generator seeded with `seed`, without touching the global RNG.
+    """
     config = backbone_config(arch, frames or 8)
     if tag in ("random", "none"):
-        model = XCLIP(config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = XCLIP(config)
         model.source = f"{arch}:random"
         return model.eval()
-    import open_clip
-
     name = arch.replace("/", "-").replace("@336px", "-336")
+    state = read_tensors(_open_clip_file(name, tag))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_from_clip_state(state, frames or 8, source=source)
+    if model.config != config:
+        raise WeightsError(f"{source}: the weights of pretrained {tag!r} are not a {name} backbone")
+    return model
+
+
+def _open_clip_file(name: str, tag: str) -> Path:
+    """The local file of open_clip's pretrained `tag` for backbone `name`, downloaded if allowed."""
+    from open_clip import pretrained
+
+    if Path(tag).expanduser().is_file():  # open_clip also takes a file for `pretrained`
+        return Path(tag).expanduser()
+    cfg = pretrained.get_pretrained_cfg(name, tag)
+    if not cfg:
+        tags = ", ".join(pretrained.list_pretrained_tags_by_model(name)) or "none"
+        raise WeightsError(f"open_clip has no pretrained tag {tag!r} for {name}; its tags: {tags}")
     try:
-        clip = open_clip.create_model(name, pretrained=tag, force_quick_gelu=True, require_pretrained=True)
-    except Exception as err:  # open_clip raises RuntimeError for offline, unknown tag...
+        found = pretrained.download_pretrained(cfg)  # prefers the hub copy, and safetensors there
+    except Exception as err:  # offline, no network, missing file: open_clip raises anything here
         raise WeightsError(
-            f"cannot load open_clip {name} with pretrained {tag!r}: {str(err).splitlines()[0][:300]}. "
+            f"cannot load open_clip {name} with pretrained {tag!r}: {str(err).splitlines()[0][:300] if str(err) else type(err).__name__}. "
             f"Offline, put OpenAI's {name.replace('-336', '-336px')}.pt in {weights.weights_dir()}/ or pass "
             "a CLIP checkpoint file with --model."
         ) from None
-    model = XCLIP(config, clip)
-    model.source = source
-    return model.eval()
+    if not found:
+        raise WeightsError(f"open_clip gives no weights file for {name} with pretrained {tag!r}")
+    return Path(found)

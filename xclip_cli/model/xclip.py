@@ -13,6 +13,7 @@ an official state dict loads with ``strict=True``.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,10 +44,12 @@ def _import_open_clip() -> None:
 _import_open_clip()
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg  # noqa: E402
 from open_clip.transformer import LayerNorm, QuickGELU, ResidualAttentionBlock  # noqa: E402
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint  # noqa: E402
 
-from ..errors import FrameCountError
-from .config import XCLIPConfig
+from ..errors import FrameCountError  # noqa: E402
+from .config import XCLIPConfig  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -309,10 +312,43 @@ class XCLIP(nn.Module):
         return SimpleTokenizer(context_length=self.config.context_length)
 
     def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
-        """CLIP BPE ids ``[K, 77]``: SOT + tokens + EOT, zero padded; long texts keep EOT at the end."""
+        """CLIP BPE ids ``[K, 77]``: SOT + tokens + EOT, zero padded; long texts keep EOT at the end.
+
+        A text longer than the context is cut (as CLIP does), with a warning naming it and where it was
+        cut, once per text and model.
+        """
         if isinstance(texts, str):
             texts = [texts]
-        return self._tokenizer(list(texts))
+        texts = list(texts)
+        ids = self._tokenizer(texts)
+        for text, row in zip(texts, ids):
+            if row[-1] == self._tokenizer.eot_token_id and text not in self._warned_long:
+                self._warn_cut(text)
+        return ids
+
+    @cached_property
+    def _warned_long(self) -> set[str]:
+        return set()
+
+    def _warn_cut(self, text: str) -> None:
+        tokenizer, context = self._tokenizer, self.config.context_length
+        tokens = tokenizer.encode(text)
+        room = context - 2  # SOT and EOT take two places
+        if len(tokens) <= room:  # it fits exactly: not cut
+            return
+        self._warned_long.add(text)
+        # Where the cut falls in the user's own words: the longest run of whole words that fits.
+        words, low, high = text.split(), 0, len(text.split())
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if len(tokenizer.encode(" ".join(words[:mid]))) <= room else (low, mid - 1)
+        kept = " ".join(words[:low]) if low else tokenizer.decode(tokens[:room]).strip()
+        tail = kept if len(kept) <= 40 else "..." + kept[-40:].lstrip()
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        log.warning(
+            "label %r is longer than the text encoder's %d tokens; cut after %r (%d of its %d tokens kept)",
+            shown, context, tail, room, len(tokens),
+        )
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
         """``[K, L]`` token ids -> ``[K, D]`` text features (EOT pooling, projected, not normalised)."""

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UsageError
+from ..options import MAX_CLIPS, MAX_WINDOWS_PER_FILE
 from .decode import VideoError, probe, read_frames
 from .sampling import range_to_frames, view_indices, windows
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, short_side_for, test_views
@@ -63,9 +65,9 @@ def parse_views(text: str) -> tuple[int, int]:
     try:
         clips, crops = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"views must look like CLIPSxCROPS, e.g. 1x1 or 4x3; got {text!r}") from None
-    if clips < 1 or crops not in (1, 3):
-        raise ValueError(f"views {text!r}: clips must be >= 1 and crops 1 or 3")
+        raise UsageError(f"--views must look like CLIPSxCROPS, e.g. 1x1 or 4x3; got {text!r}") from None
+    if not 1 <= clips <= MAX_CLIPS or crops not in (1, 3):
+        raise UsageError(f"--views {text!r}: clips must be 1 to {MAX_CLIPS} and crops 1 or 3")
     return clips, crops
 
 
@@ -77,12 +79,18 @@ def spans_of(task: VideoTask, duration: float | None, spec: ClipSpec) -> list[tu
         raise VideoError(task.path, "unknown duration; cannot cut it into windows")
     start = task.start or 0.0
     end = min(task.end, duration) if task.end is not None else duration
-    return [(start + s, start + e) for s, e in windows(max(0.0, end - start), spec.window, spec.stride)]
+    length, stride = max(0.0, end - start), spec.stride or spec.window
+    if length / stride > MAX_WINDOWS_PER_FILE:
+        raise VideoError(task.path, f"{length:.0f} s in windows every {stride:g} s would be more than "
+                                    f"{MAX_WINDOWS_PER_FILE} windows; use a longer --stride")
+    return [(start + s, start + e) for s, e in windows(length, spec.window, spec.stride)]
 
 
 def load_clips(task: VideoTask, spec: ClipSpec) -> Iterator[Clip]:
     """Probe `task`'s file and yield its clips one window at a time, decoding only the sampled frames."""
     info = probe(task.path)
+    if spec.window is not None and info.fps > 0 and spec.window < 1.0 / info.fps:
+        raise VideoError(task.path, f"--window {spec.window:g} s is shorter than one frame ({1.0 / info.fps:.3g} s)")
     for start, end in spans_of(task, info.duration, spec):
         first, count = range_to_frames(info, start, end)
         indices = (view_indices(count, spec.frames, spec.clips) + first).reshape(-1)
