@@ -18,8 +18,8 @@ from xclip_cli.data.labels import LabelsError, Vocabulary, build_vocabulary, rea
 from xclip_cli.reports import (
     ROW_FIELDS,
     ReportError,
-    ReportWriteError,
     ReportExistsError,
+    ReportWriteError,
     format_for,
     open_writer,
     read_report,

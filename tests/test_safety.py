@@ -333,3 +333,28 @@ def test_models_never_cuts_names_in_a_pipe():
     assert proc.returncode == 0, proc.stderr
     for name in weights.registry():
         assert name in proc.stdout, name
+
+
+# -- eval: the same rules -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--device", "tpu"], "unknown device"), (["--timeout", "-5"], "--timeout"), (["--frames", "0"], "--frames"),
+     (["--views", "0x3"], "--views")],
+)
+def test_eval_bad_values_are_one_line_before_anything_loads(tmp_path, extra, message):
+    clips = tmp_path / "clips.csv"
+    clips.write_text(f"path,label\n{CLIP},flipping pancake\n")
+    code, _, stderr = invoke("eval", "-d", "csv", "--root", clips, "-m", tmp_path / "missing.pt", *extra)
+    assert code == 2 and message in one_error_line(stderr)
+
+
+@pytest.mark.parametrize("option", ["--output", "--predictions"])
+def test_eval_overwrite_never_replaces_a_file_that_is_not_ours(tmp_path, option):
+    clips = tmp_path / "clips.csv"
+    clips.write_text(f"path,label\n{CLIP},flipping pancake\n")
+    precious = tmp_path / "notes.json"
+    precious.write_text('{"my": "notes"}\n')
+    code, _, stderr = invoke("eval", "-d", "csv", "--root", clips, "-m", tmp_path / "missing.pt", option,
+                             precious, "--overwrite")
+    assert code == 2 and "not an xclip eval" in one_error_line(stderr)
+    assert precious.read_text() == '{"my": "notes"}\n'

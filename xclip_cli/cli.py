@@ -34,7 +34,7 @@ class XClipGroup(TyperGroup):
     anything else is a bug and keeps its traceback.
     """
 
-    def invoke(self, ctx):  # noqa: ANN001 - typer's click context
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except XClipError as err:
@@ -76,8 +76,15 @@ def fail(message: str, code: int) -> typer.Exit:
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="xclip: %(message)s", stream=sys.stderr, force=True)
-    for noisy in ("open_clip", "huggingface_hub", "urllib3", "httpx"):
+    # huggingface_hub gives its logger a handler of its own when first imported (every line would then
+    # print twice, once through ours): import it now and keep only ours. open_clip logs a failed download
+    # that our own error line already reports.
+    import huggingface_hub.utils.logging  # noqa: F401 - light: the package imports lazily
+
+    logging.getLogger("huggingface_hub").handlers.clear()
+    for noisy in ("huggingface_hub", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
+    logging.getLogger("open_clip").setLevel(logging.DEBUG if verbose > 1 else logging.CRITICAL)
 
 
 def _version(value: bool) -> None:

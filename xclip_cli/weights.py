@@ -1,31 +1,46 @@
-"""The registry of known checkpoints (``weights/registry.json``) and where their files come from.
+"""The registry of known checkpoints (``xclip_cli/registry.json``, package data) and where their files come from.
 
-A registry name resolves, in order, to: a copy in the local weights folder (``$XCLIP_WEIGHTS``, by
-default the repository's ``weights/``), either a folder named after the entry or the official ``.pth``
-file name; then the huggingface_hub cache (``HF_HOME`` / ``HF_HUB_CACHE`` respected); then a download
-(skipped under ``HF_HUB_OFFLINE=1``). Weight files are never committed.
+A registry name resolves, in order, to: a copy in the local weights folder (:func:`weights_dir`), either
+a folder named after the entry or the official ``.pth`` file name; then the huggingface_hub cache
+(``HF_HOME`` / ``HF_HUB_CACHE`` respected); then a download. Without network the download fails fast:
+under ``HF_HUB_OFFLINE=1``, or after one connection attempt that fails (the process then stays offline,
+so no later call waits through huggingface_hub's retries). Weight files are never committed.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .errors import WeightsError
 
-REGISTRY_FILE = Path(__file__).resolve().parents[1] / "weights" / "registry.json"
+log = logging.getLogger(__name__)
+
+REGISTRY_RESOURCE = "registry.json"  # inside the xclip_cli package
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 DEFAULT_MODEL = "xclip-b32-k400"
+#: The source checkout this module runs from, if any (an editable install or ``python -m`` in a clone).
+_CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 def weights_dir() -> Path:
-    """Where local weight files go: ``$XCLIP_WEIGHTS`` or the repository's ``weights/`` folder."""
-    return Path(os.environ.get("XCLIP_WEIGHTS", REGISTRY_FILE.parent)).expanduser()
+    """Where local weight files go: ``$XCLIP_WEIGHTS``; else the checkout's ``weights/`` folder when running
+    from a source checkout; else ``$XDG_CACHE_HOME/xclip/weights`` (``~/.cache/xclip/weights``), which is
+    where an installed wheel looks (site-packages is no place for user files)."""
+    env = os.environ.get("XCLIP_WEIGHTS")
+    if env:
+        return Path(env).expanduser()
+    if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "weights").is_dir():
+        return _CHECKOUT / "weights"
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "xclip" / "weights"
 
 
 @dataclass(frozen=True)
@@ -45,10 +60,11 @@ class Entry:
 @lru_cache(maxsize=1)
 def registry() -> dict[str, Entry]:
     """All registry entries by name, in file order."""
+    source = resources.files(__package__).joinpath(REGISTRY_RESOURCE)
     try:
-        doc = json.loads(REGISTRY_FILE.read_text())
+        doc = json.loads(source.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
-        raise WeightsError(f"cannot read the model registry {REGISTRY_FILE}: {err}") from None
+        raise WeightsError(f"cannot read the model registry {source}: {err}") from None
     out = {}
     for name, raw in doc["models"].items():
         out[name] = Entry(
@@ -120,38 +136,82 @@ def is_available(entry: Entry) -> bool:
     return False
 
 
-def download_hf(repo: str, official_file: str | None = None) -> Path:
-    """Fetch ``config.json`` and the weights of a transformers X-CLIP repo into the hub cache."""
+_offline_reason: str | None = None
+
+
+def hub_offline() -> str | None:
+    """Why the Hugging Face Hub cannot be used in this process, or None when it can.
+
+    ``HF_HUB_OFFLINE`` set: no request at all. Otherwise one HEAD request to the endpoint (no retries,
+    ``HF_HUB_ETAG_TIMEOUT``); when it fails, huggingface_hub is switched to offline mode for the rest of
+    the process, so later downloads (ours or open_clip's) fail at once, or use the cache, instead of
+    retrying for half a minute. Any HTTP answer, even an error status, counts as reachable.
+    """
+    global _offline_reason
+    from huggingface_hub import constants
+
+    if _offline_reason is not None:
+        return _offline_reason
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    from huggingface_hub import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except Exception as err:  # DNS, refused, timeout, proxy, TLS: no hub for this run
+        lines = str(err).strip().splitlines()
+        _offline_reason = f"cannot reach {constants.ENDPOINT} ({type(err).__name__}: {lines[0][:160] if lines else ''})"
+        log.debug("%s; huggingface_hub offline for the rest of this run", _offline_reason)
+        constants.HF_HUB_OFFLINE = True
+        return _offline_reason
+    return None
+
+
+def download_hf(repo: str, official_file: str | None = None, *, name: str | None = None) -> Path:
+    """Fetch ``config.json`` and the weights of a transformers X-CLIP repo into the hub cache.
+
+    `name` (a registry name) and `official_file` only shape the message of the WeightsError raised when
+    the files are neither cached nor downloadable.
+    """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
     cached = _hf_cached(repo)
     if cached is not None:
         return cached
+    offline = hub_offline()
+    if offline:
+        raise WeightsError(_missing_message(repo, offline, official_file, name))
     try:
         config = hf_hub_download(repo, "config.json")
-        for name in HF_WEIGHT_FILES:
+        for filename in HF_WEIGHT_FILES:
             try:
-                hf_hub_download(repo, name)
+                hf_hub_download(repo, filename)
                 return Path(config).parent
             except EntryNotFoundError:
                 continue
-    except Exception as err:  # offline, no network, auth, missing repo: one message
-        raise WeightsError(_missing_message(repo, err, official_file)) from None
+    except Exception as err:  # auth, missing repo, a connection lost mid-way: one message
+        lines = str(err).strip().splitlines()
+        cause = f"download failed ({type(err).__name__}{': ' + lines[0][:200] if lines else ''})"
+        raise WeightsError(_missing_message(repo, cause, official_file, name)) from None
     raise WeightsError(f"hub repo {repo} has no {' or '.join(HF_WEIGHT_FILES)}")
 
 
-def _missing_message(repo: str, err: BaseException, official: str | None = None) -> str:
-    from huggingface_hub import constants
-
-    offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
-    where = f" or put the official file {official} in {weights_dir()}/" if official else ""
+def _missing_message(repo: str, cause: str, official: str | None = None, name: str | None = None) -> str:
+    """One line: what is missing, why it could not be fetched, and the exact places that would work."""
+    root = weights_dir()
+    if name:
+        folder = root / name
+        places = f"put config.json and model.safetensors from the Hugging Face repo {repo} in {folder}/"
+        fetch = f"`hf download {repo} config.json model.safetensors --local-dir {folder}`"
+    else:
+        places = f"put config.json and model.safetensors from the Hugging Face repo {repo} in a folder and pass it with --model"
+        fetch = f"`hf download {repo} config.json model.safetensors --local-dir DIR`"
+    if official:
+        places += f", or the official file {official} in {root}/"
     return (
-        f"weights for {repo} are not available locally and could not be downloaded{offline}: "
-        f"{type(err).__name__}. Needed: config.json and model.safetensors (or pytorch_model.bin) from the "
-        f"Hugging Face repo {repo}. On a machine with network run `hf download {repo} config.json "
-        f"model.safetensors` and copy the cache ({constants.HF_HUB_CACHE}), or place both files in "
-        f"{weights_dir()}/<name>/{where}."
+        f"weights for {name or repo} are not available locally and cannot be downloaded: {cause}. "
+        f"To use them offline, {places} (on a machine with network: {fetch}, then copy the folder)."
     )
 
 
@@ -162,7 +222,7 @@ def resolve(entry: Entry) -> Path:
         return path
     if entry.kind != "xclip":
         raise WeightsError(f"{entry.name} is an open_clip model; load it through open_clip")
-    return download_hf(entry.repo, entry.official_file)
+    return download_hf(entry.repo, entry.official_file, name=entry.name)
 
 
 def describe(entry: Entry) -> dict[str, Any]:

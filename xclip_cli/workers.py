@@ -4,6 +4,10 @@ A torch DataLoader stops the whole run when one worker hangs or crashes; a video
 a file that makes some decoder hang or segfault. So each task (one file) runs in a worker process of
 our own; its results stream back through a bounded queue; a worker silent for longer than the
 per-file timeout, or one that died, is killed and replaced and its file reported as failed.
+
+Signals: a worker ignores Ctrl-C (SIGINT to the terminal's process group; the parent handles it and
+stops the workers) and ends at once, without a traceback, on SIGTERM. Its ffmpeg children run in
+sessions of their own (see ``video.decode``), so neither signal fails the file being decoded.
 """
 
 from __future__ import annotations
@@ -35,14 +39,23 @@ class _Worker:
     since: float = 0.0
 
 
+#: Signals blocked from just before a worker is forked until it has set its own handlers: in between, the
+#: parent's handlers (SIGTERM raising KeyboardInterrupt, in the CLI) would print a traceback from it.
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _worker_main(fn: TaskFn, tasks: Any, results: Any, wid: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    # Ctrl-C: ignored, the parent handles it and stops us. SIGTERM (e.g. to the whole process group):
+    # the default action, an immediate quiet exit, not the parent's inherited KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     import torch
 
     from .video import decode
 
     torch.set_num_threads(1)  # one core per worker, for the model's math and for the decoder
-    decode.decoder_threads = 1
+    decode.set_decoder_threads(1)
     while True:
         job = tasks.get()
         if job is None:
@@ -87,7 +100,11 @@ class WorkerPool:
     def _spawn(self, wid: int) -> _Worker:
         tasks = self._ctx.SimpleQueue()
         process = self._ctx.Process(target=_worker_main, args=(self.fn, tasks, self._results, wid), daemon=True)
-        process.start()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)  # see _STOP_SIGNALS
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         return _Worker(process, tasks)
 
     def run(self, tasks: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, str, Any]]:

@@ -179,6 +179,7 @@ def _open_clip_file(name: str, tag: str) -> Path:
     if not cfg:
         tags = ", ".join(pretrained.list_pretrained_tags_by_model(name)) or "none"
         raise WeightsError(f"open_clip has no pretrained tag {tag!r} for {name}; its tags: {tags}")
+    weights.hub_offline()  # no network: one quick check, then open_clip uses its cache or fails at once
     try:
         found = pretrained.download_pretrained(cfg)  # prefers the hub copy, and safetensors there
     except Exception as err:  # offline, no network, missing file: open_clip raises anything here

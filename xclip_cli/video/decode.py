@@ -12,10 +12,16 @@ A packet the decoder rejects (a damaged file) is an error in both backends, not 
 Both backends return frames upright (rotation metadata applied: decord >= 0.6 and ffmpeg's
 autorotate both honour it) and pick the same stream when a file has several video streams (ffmpeg's
 "best" stream, the one with the highest resolution).
+
+Nothing here writes to the terminal: libav's own messages (decord's bundled FFmpeg logs straight to
+stderr) are silenced unless this module's logger is enabled for INFO (``xclip -v``), and the ffmpeg
+tool's stderr is captured. ffmpeg runs in a session of its own, so a Ctrl-C or SIGTERM sent to the
+terminal's process group does not kill it mid-file; our timeout and cleanup still kill it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -24,13 +30,17 @@ import shutil
 import stat
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
+
+from ..errors import XClipError
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +49,10 @@ try:  # decord has no wheels for some platforms (e.g. macOS arm64); ffmpeg then 
 except ImportError:  # pragma: no cover - depends on the platform
     decord = None
 
-#: decord decoding threads per file; 0 lets FFmpeg choose. Worker processes use 1: with one worker per
-#: core, extra decoder threads only add work (a threaded decoder refills its pipeline after every seek).
-decoder_threads = 0
+#: Default decord decoding threads per file (``read_frames(threads=None)``); 0 lets FFmpeg choose.
+#: Decode workers pass 1: with one worker per core, extra decoder threads only add work (a threaded
+#: decoder refills its pipeline after every seek).
+DECODER_THREADS = 0
 
 #: Wall-clock limit for one ffmpeg probe; decoding gets this plus time proportional to its work.
 FFMPEG_TIMEOUT_S = 60.0
@@ -49,7 +60,7 @@ FFMPEG_TIMEOUT_S = 60.0
 _MIN_DECODE_FPS = 50.0
 
 
-class VideoError(Exception):
+class VideoError(XClipError):
     """A video that cannot be read, with one human-readable cause.
 
     ``str(error)`` is ``"<path>: <reason>"``. Built as ``VideoError(path, reason)``; the one-argument
@@ -104,6 +115,7 @@ def read_frames(
     *,
     short_side: int | None = None,
     info: VideoInfo | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Decode the frames at ``indices`` as uint8 RGB ``[N, H, W, 3]``, upright, in the order asked.
 
@@ -111,6 +123,8 @@ def read_frames(
     overstate the count) are clamped to it. With ``short_side``, the decoder downscales so that the
     shorter side is ``short_side`` pixels (aspect ratio kept; never upscales), which saves most of
     the memory and resize work for HD video. ``info`` (from :func:`probe`) saves a second probe.
+    ``threads``: decord's decoding threads (None: :data:`DECODER_THREADS`, or what the decode worker
+    running this call set with :func:`set_decoder_threads`).
 
     Raises:
         VideoError: the video cannot be read.
@@ -127,7 +141,7 @@ def read_frames(
     if decord is not None:
         size = _scaled_size(info.width, info.height, short_side) if info is not None else None
         try:
-            return _read_decord(path, wanted, size)
+            return _read_decord(path, wanted, size, _threads if threads is None else threads)
         except Exception as exc:  # a native library raising assorted types
             log.debug("%s: decord cannot decode (%s); using ffmpeg", path, _decord_cause(exc))
     if info is None:
@@ -184,8 +198,62 @@ def _to_numpy(batch: object) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ decord
 
 
+_threads = DECODER_THREADS
+
+
+def set_decoder_threads(threads: int) -> None:
+    """The decoding threads of this process's ``read_frames`` calls (a decode worker sets 1 at start)."""
+    global _threads
+    _threads = int(threads)
+
+
+_native_stderr_lock = threading.Lock()
+_native_stderr_sink: tuple[int, Any] | None = None  # (pid, file): one per process, never shared by a fork
+
+
+@contextlib.contextmanager
+def _native_output(path: str | os.PathLike[str]):
+    """Keep decord's native messages off the terminal (they cut through a progress bar and ``-q``).
+
+    libav's log goes through its level (QUIET). decord's own C++ log ("[12:00:00] .../video_reader.cc:83:
+    ERROR opening: ...", e.g. for a truncated MP4) has no switch, so file descriptor 2 points at a scratch
+    file while a reader opens, and what was written there goes to this module's debug log. With this
+    logger enabled for INFO (``xclip -v``) both reach stderr as before.
+    """
+    global _native_stderr_sink
+    if log.isEnabledFor(logging.INFO):
+        decord.logging.set_level(decord.logging.ERROR)
+        yield
+        return
+    decord.logging.set_level(decord.logging.QUIET)
+    with _native_stderr_lock:
+        try:
+            if _native_stderr_sink is None or _native_stderr_sink[0] != os.getpid():
+                _native_stderr_sink = (os.getpid(), tempfile.TemporaryFile())  # noqa: SIM115 - kept open
+            sink = _native_stderr_sink[1]
+            sink.seek(0)
+            sink.truncate()
+            if sys.stderr is not None:
+                sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no fd 2, no temporary folder: let the messages through
+            yield
+            return
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read(4096).decode("utf-8", "replace").strip()
+            if text:
+                log.debug("%s: decord said: %s", path, " / ".join(text.splitlines()))
+
+
 def _probe_decord(path: str | os.PathLike[str]) -> VideoInfo:
-    vr = decord.VideoReader(os.fspath(path), ctx=decord.cpu(0), num_threads=1)
+    with _native_output(path):
+        vr = decord.VideoReader(os.fspath(path), ctx=decord.cpu(0), num_threads=1)
     num_frames = len(vr)
     fps = float(vr.get_avg_fps())
     if not (math.isfinite(fps) and fps > 0):
@@ -208,12 +276,11 @@ def _probe_decord(path: str | os.PathLike[str]) -> VideoInfo:
 
 
 def _read_decord(
-    path: str | os.PathLike[str], wanted: np.ndarray, size: tuple[int, int] | None
+    path: str | os.PathLike[str], wanted: np.ndarray, size: tuple[int, int] | None, threads: int
 ) -> np.ndarray:
     width, height = size if size is not None else (-1, -1)
-    vr = decord.VideoReader(
-        os.fspath(path), ctx=decord.cpu(0), width=width, height=height, num_threads=decoder_threads
-    )
+    with _native_output(path):
+        vr = decord.VideoReader(os.fspath(path), ctx=decord.cpu(0), width=width, height=height, num_threads=threads)
     # Sorted unique indices let decord walk the file forward once.
     unique, inverse = np.unique(np.minimum(wanted, len(vr) - 1), return_inverse=True)
     batch = _to_numpy(vr.get_batch(unique.tolist()))
@@ -238,8 +305,13 @@ def _ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-# "-fps_mode" arrived in ffmpeg 5.1 and "-vsync" left in ffmpeg 8; try the new one first.
-_passthrough_option = ["-fps_mode", "passthrough"]
+# "-fps_mode" arrived in ffmpeg 5.1 and "-vsync" left in ffmpeg 8: the new one first, and per binary
+# the old one once ffmpeg rejected the new (system and imageio-ffmpeg binaries differ in version).
+_OLD_PASSTHROUGH: set[str] = set()
+
+
+def _passthrough_option(exe: str) -> list[str]:
+    return ["-vsync", "passthrough"] if exe in _OLD_PASSTHROUGH else ["-fps_mode", "passthrough"]
 
 
 def _ffmpeg_cause(stderr: str, path: str | os.PathLike[str], last: bool = False) -> str:
@@ -262,7 +334,11 @@ def _run_ffmpeg(args: list[str], timeout: float, frame_bytes: int = 0, keep_last
     """
     timed_out = threading.Event()
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty ffmpeg cannot block on it
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        # A session of its own: Ctrl-C / SIGTERM to the terminal's process group must not kill it
+        # mid-file (the parent decides, and stops it below when it has to).
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, start_new_session=True
+        )
 
         def kill() -> None:
             timed_out.set()
@@ -390,12 +466,13 @@ def _ffmpeg_decode_args(
     # scaling even when the size is unchanged pins the output size for the byte arithmetic below.
     stream = ffmpeg.input(os.path.abspath(path), nostdin=None, hide_banner=None, loglevel="error")
     stream = stream.output("pipe:", vf=f"select={select},scale={width}:{height}", **output_options)
-    args = stream.compile(cmd=_ffmpeg_exe())
+    exe = _ffmpeg_exe()
+    args = stream.compile(cmd=exe)
     out = args.index("pipe:")
     # Passthrough: every selected frame exactly once. -xerror: stop at the first packet the decoder
     # rejects (as decord does) rather than hand out concealed, damaged frames; messages about
     # concealment alone do not stop it.
-    return args[:out] + _passthrough_option + ["-xerror"] + args[out:]
+    return args[:out] + _passthrough_option(exe) + ["-xerror"] + args[out:]
 
 
 def _ffmpeg_select(
@@ -407,13 +484,12 @@ def _ffmpeg_select(
     timeout: float,
     keep_last: bool,
 ) -> list[np.ndarray]:
-    global _passthrough_option
     frame_bytes = width * height * 3
     args = _ffmpeg_decode_args(path, select, width, height, max_frames)
     try:
         returncode, stderr, raw = _run_ffmpeg(args, timeout, frame_bytes, keep_last)
-        if returncode != 0 and "fps_mode" in stderr and _passthrough_option[0] == "-fps_mode":
-            _passthrough_option = ["-vsync", "passthrough"]  # ffmpeg older than 5.1
+        if returncode != 0 and "fps_mode" in stderr and "-fps_mode" in args:
+            _OLD_PASSTHROUGH.add(args[0])  # ffmpeg older than 5.1
             args = _ffmpeg_decode_args(path, select, width, height, max_frames)
             returncode, stderr, raw = _run_ffmpeg(args, timeout, frame_bytes, keep_last)
     except _Timeout as exc:
