@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -29,3 +30,17 @@ def tiny_dir(tmp_path_factory):
     from xclip_cli import save_model
 
     return save_model(tiny_model(seed=0), tmp_path_factory.mktemp("models") / "tiny")
+
+
+def pytest_sessionstart(session):
+    """In CI (CI=true) the shared data must be there: a test that needs it fails rather than skips silently.
+
+    Elsewhere (a clone without ../shared) those tests skip, and the rest use the clips in examples/.
+    """
+    from helpers import SHARED
+
+    if os.environ.get("CI", "").lower() == "true":
+        missing = [str(SHARED / "data" / name) for name in ("videos", "labels", "splits")
+                   if not (SHARED / "data" / name).is_dir()]
+        if missing:
+            raise pytest.UsageError(f"CI=true but the shared test data is missing: {', '.join(missing)}")

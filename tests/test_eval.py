@@ -208,15 +208,20 @@ class KnownScores:
         self.vocabulary = type("V", (), {"labels": list(labels), "templates": ["{}"]})()
         self.scores, self.errors, self.seen = scores, set(errors), []
 
-    def run(self, tasks):
+    def results(self, tasks):
+        import torch
+
+        from xclip_cli.results import VideoResult
+
         for task in tasks:
             name = Path(task.path).name
             self.seen.append(name)
+            labels = self.vocabulary.labels
             if name in self.errors:
-                yield [{"path": task.path, "error": "cannot decode video"}]
+                yield [VideoResult(task.path, None, None, None, None, labels, error="cannot decode video")]
             else:
-                yield [{"path": task.path, "error": None,
-                        "all_scores": dict(zip(self.vocabulary.labels, map(float, self.scores[name])))}]
+                probs = torch.tensor(self.scores[name], dtype=torch.float64)
+                yield [VideoResult(task.path, None, None, 1.0, probs, labels)]
 
 
 def test_protocol_with_known_scores(tmp_path):

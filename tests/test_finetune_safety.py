@@ -7,6 +7,7 @@ the validation), never after a sleep.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import os
@@ -141,15 +142,15 @@ def test_a_sigkilled_run_leaves_a_folder_that_resume_takes(clips, reference, tmp
     # Stop the run right after its first mid-epoch checkpoint: it says so on stdout and waits on stdin.
     script = textwrap.dedent("""
         import sys
-        from xclip_cli import training
-        real = training.save_checkpoint
+        from xclip_cli.training import checkpoints
+        real = checkpoints.save_checkpoint
         def save(run_dir, name, *args, **kwargs):
             out = real(run_dir, name, *args, **kwargs)
             if name == "last":
                 print("saved", flush=True)
                 sys.stdin.read()
             return out
-        training.save_checkpoint = save
+        checkpoints.save_checkpoint = save
         from xclip_cli.cli import main
         sys.argv = ["xclip", *sys.argv[1:]]
         main()
@@ -331,24 +332,24 @@ def test_an_interrupted_validation_is_not_recorded_and_resume_matches(clips, ref
     result, init = reference
     run = tmp_path / "run"
     interrupted_epoch = 1 if how.endswith("1") else 2
-    real_run = xclip_cli.tagging.TagRun.run
+    real_results = xclip_cli.tagging.TagRun.results
     calls = []
 
-    def tag_run(self, tasks):
+    def tag_results(self, tasks):
         calls.append(len(tasks))
-        stream = real_run(self, tasks)
+        stream = real_results(self, tasks)
         if len(calls) != interrupted_epoch:  # not the validation to interrupt
             yield from stream
             return
-        for i, rows in enumerate(stream):
+        for i, results in enumerate(stream):
             if i == 2:
                 if how.startswith("keyboard"):
                     raise KeyboardInterrupt
                 signal.raise_signal(signal.SIGINT)  # the handler has run when this returns
-                rows = [dict(rows[0], error="ffmpeg: killed by signal 2")]
-            yield rows
+                results = [dataclasses.replace(results[0], probs=None, error="ffmpeg: killed by signal 2")]
+            yield results
 
-    monkeypatch.setattr(xclip_cli.tagging.TagRun, "run", tag_run)
+    monkeypatch.setattr(xclip_cli.tagging.TagRun, "results", tag_results)
     try:
         finetune(run, data=str(clips / "train.csv"), val=str(clips / "val.csv"), model=str(init),
                  handle_signals=how.startswith("signal"), **RECIPE)
@@ -366,7 +367,7 @@ def test_an_interrupted_validation_is_not_recorded_and_resume_matches(clips, ref
     assert (state["epoch"], state["step"]) == (interrupted_epoch - 1, 4)  # the epoch's training is done
     assert len(state["metrics"]) == interrupted_epoch - 1
 
-    monkeypatch.setattr(xclip_cli.tagging.TagRun, "run", real_run)
+    monkeypatch.setattr(xclip_cli.tagging.TagRun, "results", real_results)
     finetune(run, resume=True)
     assert_same_metrics(run, result.metrics)
 

@@ -18,6 +18,7 @@ from xclip_cli.video import (
     VideoError,
     VideoInfo,
     decode,
+    ffmpeg_backend,
     normalize,
     probe,
     range_to_frames,
@@ -68,7 +69,7 @@ def backend(request, monkeypatch):
 
 def ffmpeg_raw_frames(path: Path, width: int, height: int) -> np.ndarray:
     """All frames as stored, without rotation: an independent reference for orientation tests."""
-    args = [decode._ffmpeg_exe(), "-v", "error", "-noautorotate", "-i", str(path)]
+    args = [ffmpeg_backend._ffmpeg_exe(), "-v", "error", "-noautorotate", "-i", str(path)]
     args += ["-frames:v", "3", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     out = subprocess.run(args, capture_output=True, check=True, timeout=60).stdout
     return np.frombuffer(out, np.uint8).reshape(-1, height, width, 3)
@@ -239,7 +240,7 @@ def test_ffmpeg_probe_matches_decord_probe(monkeypatch):
 @needs_videos
 def test_ffmpeg_is_killed_after_its_time_limit(monkeypatch):
     monkeypatch.setattr(decode, "decord", None)
-    monkeypatch.setattr(decode, "FFMPEG_TIMEOUT_S", 0.001)  # no ffmpeg even starts that fast
+    monkeypatch.setattr(ffmpeg_backend, "FFMPEG_TIMEOUT_S", 0.001)  # no ffmpeg even starts that fast
     with pytest.raises(VideoError) as err:
         probe(clip("mmaction2/test.mp4"))
     assert err.value.reason == "timed out after 0 s"
@@ -260,7 +261,7 @@ def test_bundled_ffmpeg_binary_works_without_ffprobe(monkeypatch):
     # pip-only installs have imageio-ffmpeg's binary (a different ffmpeg version) and no ffprobe.
     imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
     monkeypatch.setattr(decode, "decord", None)
-    monkeypatch.setattr(decode, "_ffmpeg_exe", imageio_ffmpeg.get_ffmpeg_exe)
+    monkeypatch.setattr(ffmpeg_backend, "_ffmpeg_exe", imageio_ffmpeg.get_ffmpeg_exe)
     info = probe(clip("moviepy/no_duration.webm"))
     assert (info.num_frames, info.width, info.height) == (74, 1280, 720)
     assert info.fps == pytest.approx(15000 / 1001)

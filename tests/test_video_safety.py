@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from xclip_cli.video import decode
+from xclip_cli.video import decode, decord_backend, ffmpeg_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT.parent / "shared/data/videos"
@@ -47,8 +47,8 @@ def test_ffmpeg_children_run_in_their_own_session(monkeypatch):
         seen.append((kwargs.get("start_new_session"), os.getsid(proc.pid), proc.pid))  # exec'd: setsid done
         return proc
 
-    monkeypatch.setattr(decode.subprocess, "Popen", popen)
-    code, _, _ = decode._run_ffmpeg([sys.executable, "-c", "pass"], timeout=60)
+    monkeypatch.setattr(ffmpeg_backend.subprocess, "Popen", popen)
+    code, _, _ = ffmpeg_backend._run_ffmpeg([sys.executable, "-c", "pass"], timeout=60)
     assert code == 0
     ((new_session, sid, pid),) = seen
     assert new_session is True and sid == pid != os.getsid(0)
@@ -71,8 +71,8 @@ def test_ctrl_c_to_the_process_group_does_not_kill_ffmpeg_mid_file(tmp_path):
         f"""
         import signal, sys
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        from xclip_cli.video import decode
-        code, stderr, _ = decode._run_ffmpeg([sys.executable, "-c", {fake_ffmpeg!r}], timeout=300)
+        from xclip_cli.video import ffmpeg_backend
+        code, stderr, _ = ffmpeg_backend._run_ffmpeg([sys.executable, "-c", {fake_ffmpeg!r}], timeout=300)
         print(code, stderr)
         """,
     )
@@ -96,7 +96,7 @@ WORKER_POOL_SCRIPT = """
 import os, signal, sys, time
 from xclip_cli.workers import WorkerPool
 
-def handler(signum, frame):  # what the CLI installs (cli._raise_on_sigterm)
+def handler(signum, frame):  # what the CLI installs (cli.common.Interrupts)
     raise KeyboardInterrupt
 
 signal.signal(signal.SIGTERM, handler)
@@ -148,7 +148,7 @@ def _truncated_mp4(tmp_path: Path) -> Path:
     """An MP4 cut in half before its moov box (an interrupted download): libav and decord both complain."""
     whole = tmp_path / "whole.mp4"
     subprocess.run(
-        [decode._ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x64:rate=10", "-t", "1",
+        [ffmpeg_backend._ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x64:rate=10", "-t", "1",
          "-c:v", "mpeg4", "-y", str(whole)],
         check=True, capture_output=True, timeout=60,
     )
@@ -188,7 +188,7 @@ def test_libav_and_decord_messages_stay_off_stderr(tmp_path):
 
 
 @pytest.mark.skipif(decode.decord is None, reason="decord is not installed")
-def test_decoder_threads_are_a_parameter_with_a_per_process_default(monkeypatch):
+def test_decoder_threads_are_a_parameter_with_a_default(monkeypatch):
     opened = []
     real = decode.decord.VideoReader
 
@@ -196,32 +196,57 @@ def test_decoder_threads_are_a_parameter_with_a_per_process_default(monkeypatch)
         opened.append(kwargs.get("num_threads"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(decode.decord, "VideoReader", reader)
-    monkeypatch.setattr(decode, "_threads", decode.DECODER_THREADS)
+    monkeypatch.setattr(decord_backend.decord, "VideoReader", reader)
     path = ROOT / "examples" / "flipping_a_pancake.mkv"
     decode.read_frames(path, [0, 5])
     decode.read_frames(path, [0, 5], threads=3)
-    decode.set_decoder_threads(1)  # what a decode worker does at start
-    decode.read_frames(path, [0, 5])
-    assert opened == [0, 3, 1]
+    decode.read_frames(path, [0, 5], threads=1)  # what a decode worker's task passes
+    decode.read_frames(path, [0, 5])  # nothing remembered from the calls before
+    assert opened == [decode.DECODER_THREADS, 3, 1, decode.DECODER_THREADS]
 
 
-def test_old_ffmpeg_passthrough_option_is_remembered_per_binary(monkeypatch):
+@pytest.fixture
+def fresh_passthrough_cache():
+    ffmpeg_backend._passthrough_option.cache_clear()
+    yield
+    ffmpeg_backend._passthrough_option.cache_clear()  # forget the fake binaries
+
+
+def test_old_ffmpeg_passthrough_option_is_detected_once_per_binary(monkeypatch, fresh_passthrough_cache):
     calls = []
 
     def run(args, timeout, frame_bytes=0, keep_last=False):
         calls.append(args)
-        if "-fps_mode" in args:
-            return 1, "Unrecognized option 'fps_mode'.", []
+        if "-fps_mode" in args and args[0] == "/old/ffmpeg":
+            return 1, "Unrecognized option 'fps_mode'.\nError splitting the argument list: Option not found", []
+        if "-i" not in args:  # the option check of a new ffmpeg: no input given
+            return 1, "Output file #0 does not contain any stream", []
         return 0, "", [bytes(frame_bytes)]
 
-    monkeypatch.setattr(decode, "_OLD_PASSTHROUGH", set())
-    monkeypatch.setattr(decode, "_run_ffmpeg", run)
-    monkeypatch.setattr(decode, "_ffmpeg_exe", lambda: "/old/ffmpeg")
-    assert len(decode._ffmpeg_select("x.mp4", "eq(n\\,0)", 4, 2, 1, 60, False)) == 1
-    assert ["-fps_mode" in a for a in calls] == [True, False] and "-vsync" in calls[1]
-    decode._ffmpeg_select("x.mp4", "eq(n\\,0)", 4, 2, 1, 60, False)
-    assert "-vsync" in calls[2]  # remembered: no second failed try
-    monkeypatch.setattr(decode, "_ffmpeg_exe", lambda: "/new/ffmpeg")
-    decode._ffmpeg_select("x.mp4", "eq(n\\,0)", 4, 2, 1, 60, False)
-    assert "-fps_mode" in calls[3]  # another binary starts from the new option
+    monkeypatch.setattr(ffmpeg_backend, "_run_ffmpeg", run)
+    monkeypatch.setattr(ffmpeg_backend, "_ffmpeg_exe", lambda: "/old/ffmpeg")
+    assert len(ffmpeg_backend._ffmpeg_select("x.mp4", "eq(n\\,0)", 4, 2, 1, 60, False)) == 1
+    assert ["-fps_mode" in a for a in calls] == [True, False] and "-vsync" in calls[1]  # checked, then decoded
+    ffmpeg_backend._ffmpeg_select("x.mp4", "eq(n\\,0)", 4, 2, 1, 60, False)
+    assert len(calls) == 3 and "-vsync" in calls[2]  # remembered: no second check
+    monkeypatch.setattr(ffmpeg_backend, "_ffmpeg_exe", lambda: "/new/ffmpeg")
+    ffmpeg_backend._ffmpeg_select("x.mp4", "eq(n\\,0)", 4, 2, 1, 60, False)
+    assert len(calls) == 5 and "-fps_mode" in calls[4]  # another binary is checked on its own
+
+
+def test_passthrough_option_check_on_the_real_binaries():
+    exes = {ffmpeg_backend._ffmpeg_exe()}
+    try:
+        import imageio_ffmpeg
+
+        exes.add(imageio_ffmpeg.get_ffmpeg_exe())
+    except ImportError:
+        pass
+    for exe in exes:
+        option = ffmpeg_backend._passthrough_option(exe)
+        assert option in (("-fps_mode", "passthrough"), ("-vsync", "passthrough"))
+        # The check is right: the option it picks is one this binary accepts.
+        code, stderr, _ = ffmpeg_backend._run_ffmpeg(
+            [exe, "-v", "error", "-f", "lavfi", "-i", "nullsrc=s=16x16:d=0.04", *option, "-f", "null", "-"], 60
+        )
+        assert code == 0, stderr

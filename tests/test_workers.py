@@ -43,3 +43,16 @@ def test_crash_and_hang_fail_one_file_and_keep_the_queued_ones():
     assert all(finished[k] == (DONE, None) for k in (1, 2, 4))
     items = [key for key, kind, _ in events if kind == ITEM]
     assert items == [1, 2, 4]
+
+
+def _threads_seen(task: str, threads: int | None = None):
+    yield task, threads
+
+
+def test_threads_are_passed_to_each_task_not_set_in_the_worker():
+    with WorkerPool(_threads_seen, workers=1, timeout=30, threads=1) as pool:
+        seen = [payload for _, kind, payload in pool.run([(0, "a"), (1, "b")]) if kind == ITEM]
+    assert seen == [("a", 1), ("b", 1)]
+    with WorkerPool(_threads_seen, workers=1, timeout=30) as pool:  # without: fn(task) alone
+        seen = [payload for _, kind, payload in pool.run([(0, "a")]) if kind == ITEM]
+    assert seen == [("a", None)]

@@ -1,7 +1,7 @@
 """Protocols and metrics of ``xclip eval``: accuracy of a model on dataset splits, as the paper reports it.
 
 Every listed video is scored once, through the tag pipeline (:func:`xclip_cli.tagging.prepare` and
-``TagRun.run``: the same decode, sampling, views and scoring as ``xclip tag``), even when it appears in
+``TagRun.results``: the same decode, sampling, views and scoring as ``xclip tag``), even when it appears in
 several splits (HMDB-51 and UCF-101 clips are test videos of more than one split). Each split then gets
 
 * top-1 and top-5 accuracy: the share of scored videos whose label is the best / among the five best
@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import json
+import logging
 import math
 import os
 import platform
@@ -36,7 +37,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from .data.datasets import Split
-from .errors import UsageError
+from .errors import UsageError, XClipError
+from .results import VideoResult, ranking
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "STD_DDOF",
@@ -69,11 +73,6 @@ METRICS = ("top1", "top5", "mean_class")
 
 
 # -- metrics: pure functions of probabilities [N, K] and labels [N] ------------------------------------------
-def ranking(probs: np.ndarray) -> np.ndarray:
-    """Class indices of each row, best first; ties keep vocabulary order (stable sort)."""
-    return np.argsort(-np.asarray(probs, dtype=np.float64), axis=1, kind="stable")
-
-
 def topk_hits(probs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Boolean [N]: is each video's label among its `k` best classes (k capped at K)?"""
     probs = np.asarray(probs)
@@ -138,7 +137,7 @@ class Scorer(Protocol):
 
     vocabulary: Any
 
-    def run(self, tasks: Sequence[Any]) -> Iterator[list[dict[str, Any]]]: ...
+    def results(self, tasks: Sequence[Any]) -> Iterator[list[VideoResult]]: ...
 
 
 @dataclass
@@ -265,15 +264,23 @@ def evaluate(
     *,
     limit: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    output: str | Path | None = None,
+    predictions: str | Path | None = None,
+    plots: str | Path | None = None,
+    overwrite: bool = False,
     **options: Any,
 ) -> Evaluation:
     """Score the videos of `splits` (each once) and compute every split's metrics and their summary.
 
-    `run` is a TagRun from :func:`prepare_run` (built from `options` when None). `limit` keeps the first
-    N listed videos of each split. `progress(done, total, path)` is called after each video.
+    What ``xclip eval`` runs. `run` is a TagRun from :func:`prepare_run` (built from `options` when None).
+    `limit` keeps the first N listed videos of each split. `progress(done, total, path)` is called after
+    each video. `output` (results JSON), `predictions` (CSV) and `plots` (a folder of PNGs) are written at
+    the end; existing ones are checked before anything runs (replaced only with `overwrite`, and only if
+    they are ours).
     """
     if not splits:
         raise UsageError("no splits to evaluate")
+    check_outputs(output, predictions, overwrite=overwrite)
     if limit is not None:
         splits = [s.head(limit) for s in splits]
     if run is None:
@@ -298,10 +305,10 @@ def evaluate(
         index = np.asarray([position[c] for c in split.class_names])
         restrict = not (len(index) == len(labels) and (index == np.arange(len(labels))).all())
         by_path = {r.path: r for r in split.records}
-        predictions = []
+        split_predictions = []
         for path in split.listed:
             if path not in by_path:  # listed, not on disk (its label is not kept: -1)
-                predictions.append(Prediction(path, -1, error="missing"))
+                split_predictions.append(Prediction(path, -1, error="missing"))
                 continue
             record = by_path[path]
             probs, error = scores[(str(split.path_of(record)), record.start, record.end)]
@@ -309,8 +316,8 @@ def evaluate(
                 probs = probs[index]
                 if restrict:
                     probs = probs / probs.sum()
-            predictions.append(Prediction(path, record.label, probs, error))
-        result = SplitResult(split, predictions, {})
+            split_predictions.append(Prediction(path, record.label, probs, error))
+        result = SplitResult(split, split_predictions, {})
         result.metrics = split_metrics(*result.arrays(), len(split.class_names))
         results.append(result)
 
@@ -326,21 +333,39 @@ def evaluate(
             f"scored once against the {len(labels)} classes of all splits; each split's probabilities are "
             "restricted to its classes and renormalised"
         )
-    return Evaluation(splits[0].dataset, results, summary, settings, unique_videos=len(tasks))
+    evaluation = Evaluation(splits[0].dataset, results, summary, settings, unique_videos=len(tasks))
+    write_outputs(evaluation, output, predictions, plots)
+    return evaluation
+
+
+def write_outputs(evaluation: Evaluation, output: str | Path | None = None, predictions: str | Path | None = None,
+                  plots: str | Path | None = None) -> None:
+    """The results JSON, the predictions CSV and the plots that were asked for (XClipError, exit 1, when the
+    disk refuses one)."""
+    try:
+        if output is not None:
+            write_results(evaluation, output)
+        if predictions is not None:
+            write_predictions(evaluation, predictions)
+        if plots is not None:
+            for path in write_plots(evaluation, plots):
+                log.info("wrote %s", path)
+    except OSError as err:
+        raise XClipError(f"cannot write results: {err.strerror or err}") from None
 
 
 def _score(
     run: Scorer, tasks: list[Any], labels: list[str], progress: Callable[[int, int, str], None] | None
 ) -> dict[tuple[str, float | None, float | None], tuple[np.ndarray | None, str | None]]:
+    """Each task's probabilities over `labels` (float64, the run's vocabulary order) or its error."""
     scores: dict[tuple[str, float | None, float | None], tuple[np.ndarray | None, str | None]] = {}
-    for done, (task, rows) in enumerate(zip(tasks, run.run(tasks)), start=1):
-        row = rows[0]
+    for done, (task, results) in enumerate(zip(tasks, run.results(tasks)), start=1):
+        result = results[0]
         key = (task.path, task.start, task.end)
-        if row.get("error"):
-            scores[key] = (None, str(row["error"]))
+        if result.error is not None:
+            scores[key] = (None, result.error)
         else:
-            all_scores = row["all_scores"]
-            scores[key] = (np.asarray([all_scores[name] for name in labels], dtype=np.float64), None)
+            scores[key] = (result.probs.double().numpy(), None)
         if progress is not None:
             progress(done, len(tasks), task.path)
     return scores

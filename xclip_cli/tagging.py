@@ -23,8 +23,10 @@ import torch
 
 from . import files, options
 from .data.labels import Vocabulary, build_vocabulary
+from .errors import UsageError
 from .model import XCLIP, VideoFeatures, check_device, load_model
 from .reports import resolved_path
+from .results import VideoResult, ranking
 from .video.clips import Clip, ClipSpec, VideoTask, load_clips, parse_views
 from .workers import DONE, ITEM, WorkerPool, run_inline
 
@@ -54,18 +56,19 @@ def view_probabilities(model: XCLIP, features: VideoFeatures, text: torch.Tensor
 
 
 def score_fields(probs: torch.Tensor, labels: Sequence[str], top_k: int, threshold: float | None) -> dict[str, Any]:
-    """The score columns of a row from one video's ``[K]`` probabilities."""
-    order = torch.argsort(probs, descending=True).tolist()
+    """The score columns of a row from one video's ``[K]`` probabilities (ranked by :func:`ranking`)."""
+    order = ranking(probs).tolist()
+    values = probs.tolist()
     if threshold is None:
         kept = order[: max(1, top_k)]
     else:
-        kept = [i for i in order if probs[i] >= threshold]
+        kept = [i for i in order if values[i] >= threshold]
     return {
         "label": labels[order[0]],
-        "score": float(probs[order[0]]),
+        "score": float(values[order[0]]),
         "labels": [labels[i] for i in kept],
-        "scores": [float(probs[i]) for i in kept],
-        "all_scores": {labels[i]: float(probs[i]) for i in range(len(labels))},
+        "scores": [float(values[i]) for i in kept],
+        "all_scores": {labels[i]: float(values[i]) for i in range(len(labels))},
     }
 
 
@@ -236,18 +239,24 @@ class TagRun:
     top_k: int = 5
     threshold: float | None = None
     cache: FeatureCache | None = None
+    #: Keep each result's VideoFeatures (for search indexes and tests); off by default to save memory.
+    keep_features: bool = False
     text: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
         self.text = encode_vocabulary(self.model, self.vocabulary)
 
-    def base_row(self, task: VideoTask) -> dict[str, Any]:
-        return {
-            "path": task.path, "file": resolved_path(task.path), "start": task.start, "end": task.end, "label": None, "score": None,
-            "labels": [], "scores": [], "duration": None, "frames": self.spec.frames,
-            "views": self.spec.views_label, "model": self.model_name, "vocabulary": self.vocabulary.key,
-            "error": None,
+    def row(self, result: VideoResult) -> dict[str, Any]:
+        """The report row of one result: the run's settings, then the scores (top-k or threshold)."""
+        row = {
+            "path": result.path, "file": resolved_path(result.path), "start": result.start, "end": result.end,
+            "label": None, "score": None, "labels": [], "scores": [], "duration": result.duration,
+            "frames": self.spec.frames, "views": self.spec.views_label, "model": self.model_name,
+            "vocabulary": self.vocabulary.key, "error": result.error,
         }
+        if result.probs is not None:
+            row.update(score_fields(result.probs, self.vocabulary.labels, self.top_k, self.threshold))
+        return row
 
     def same_run(self, row: dict[str, Any]) -> bool:
         """Whether a report row was made with this run's model, frames, views and vocabulary."""
@@ -255,14 +264,13 @@ class TagRun:
             self.model_name, self.spec.frames, self.spec.views_label, self.vocabulary.key,
         )
 
-    def error_row(self, task: VideoTask, message: str) -> dict[str, Any]:
-        row = self.base_row(task)
-        # The row names the file already: keep just the cause.
-        row["error"] = message.removeprefix(f"{task.path}: ")
-        return row
+    def error_result(self, task: VideoTask, message: str) -> VideoResult:
+        # The result names the file already: keep just the cause.
+        error = message.removeprefix(f"{task.path}: ")
+        return VideoResult(task.path, task.start, task.end, None, None, self.vocabulary.labels, error=error)
 
-    def _rows(self, tasks: Sequence[_Pending]) -> list[list[dict[str, Any]]]:
-        """Each task's rows, scored together (the prompt generator is far cheaper on a batch of videos)."""
+    def _results(self, tasks: Sequence[_Pending]) -> list[list[VideoResult]]:
+        """Each task's results, scored together (the prompt generator is far cheaper on a batch of videos)."""
         if not tasks:
             return []
         feats = VideoFeatures.cat([f for p in tasks for _, f in p.clips])
@@ -273,13 +281,12 @@ class TagRun:
         ])
         out, at = [], 0
         for p in tasks:
-            rows = []
-            for (meta, _), clip_probs in zip(p.clips, probs[at : at + len(p.clips)]):
-                row = self.base_row(p.task)
-                row.update(start=meta["start"], end=meta["end"], duration=meta["duration"])
-                row.update(score_fields(clip_probs, self.vocabulary.labels, self.top_k, self.threshold))
-                rows.append(row)
-            out.append(rows)
+            results = [
+                VideoResult(p.task.path, meta["start"], meta["end"], meta["duration"], clip_probs,
+                            self.vocabulary.labels, features=feats_ if self.keep_features else None)
+                for (meta, feats_), clip_probs in zip(p.clips, probs[at : at + len(p.clips)])
+            ]
+            out.append(results)
             at += len(p.clips)
         return out
 
@@ -292,13 +299,18 @@ class TagRun:
             pending.clips[index] = (pending.clips[index][0], feats[j * n : (j + 1) * n])
 
     def run(self, tasks: Sequence[VideoTask]) -> Iterator[list[dict[str, Any]]]:
-        """Yield each task's rows (one per clip/window, or one error row), in input order."""
-        ready: dict[int, list[dict[str, Any]]] = {}
+        """Yield each task's report rows (one per clip/window, or one error row), in input order."""
+        for results in self.results(tasks):
+            yield [self.row(result) for result in results]
+
+    def results(self, tasks: Sequence[VideoTask]) -> Iterator[list[VideoResult]]:
+        """Yield each task's results (one per clip/window, or one with the error), in input order."""
+        ready: dict[int, list[VideoResult]] = {}
         pending: dict[int, _Pending] = {}
         to_decode: list[tuple[int, VideoTask]] = []
         next_out = 0
 
-        def drain() -> Iterator[list[dict[str, Any]]]:
+        def drain() -> Iterator[list[VideoResult]]:
             nonlocal next_out
             while next_out in ready:
                 yield ready.pop(next_out)
@@ -307,8 +319,8 @@ class TagRun:
         hits: list[tuple[int, _Pending]] = []  # cached tasks, scored in batches
 
         def score_hits() -> None:
-            for (i, _), rows in zip(hits, self._rows([p for _, p in hits])):
-                ready[i] = rows
+            for (i, _), results in zip(hits, self._results([p for _, p in hits])):
+                ready[i] = results
             hits.clear()
 
         for i, task in enumerate(tasks):
@@ -317,7 +329,7 @@ class TagRun:
                 try:
                     key = self.cache.key(task)
                 except OSError as err:  # TimeoutError too
-                    ready[i] = [self.error_row(task, f"{task.path}: cannot read ({err.strerror or err})")]
+                    ready[i] = [self.error_result(task, f"{task.path}: cannot read ({err.strerror or err})")]
                     continue
                 hit = self.cache.get(key)
                 if hit is not None:
@@ -336,7 +348,7 @@ class TagRun:
         if self.workers > 0 and to_decode:
             # Room for a batch's worth of clips (and each file's DONE) to wait while the model runs.
             room = 2 * max(self.batch_size, self.workers) + 2
-            pool = WorkerPool(loader, self.workers, self.timeout, queue_size=room)
+            pool = WorkerPool(loader, self.workers, self.timeout, queue_size=room, threads=1)
         stream = pool.run(to_decode) if pool else run_inline(loader, to_decode)
         batch: list[tuple[_Pending, int, Clip]] = []
 
@@ -346,8 +358,8 @@ class TagRun:
             for p in finished:
                 if self.cache is not None and p.cache_key is not None:
                     self.cache.put(p.cache_key, p.clips)
-            for i, rows in zip(done, self._rows(finished)):
-                ready[i] = rows
+            for i, results in zip(done, self._results(finished)):
+                ready[i] = results
 
         try:
             for i, kind, payload in stream:
@@ -365,11 +377,11 @@ class TagRun:
                     p.decoded = True
                     if not p.clips:
                         pending.pop(i)
-                        ready[i] = [self.error_row(p.task, f"{p.task.path}: no frames in the requested range")]
+                        ready[i] = [self.error_result(p.task, f"{p.task.path}: no frames in the requested range")]
                 else:  # ERROR: the file's partial clips are dropped; one error row stands for it
                     pending.pop(i)
                     batch = [b for b in batch if b[0] is not p]
-                    ready[i] = [self.error_row(p.task, payload)]
+                    ready[i] = [self.error_result(p.task, payload)]
                 if kind != ITEM or not batch:
                     finish_ready()
                     yield from drain()
@@ -469,15 +481,98 @@ def prepare(
     )
 
 
-def tag(paths: Sequence[str | Path | VideoTask], **settings: Any) -> Iterator[dict[str, Any]]:
-    """Tag videos with a vocabulary: yields one row per video (or per window), in input order.
+def tag(
+    inputs: str | Path | VideoTask | Iterable[str | Path | VideoTask],
+    *,
+    output: str | Path | None = None,
+    fmt: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    extensions: str | Iterable[str] | None = None,
+    null: bool = False,
+    stdin: Any = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    run: TagRun | None = None,
+    **settings: Any,
+) -> Iterator[dict[str, Any]]:
+    """Tag videos with a vocabulary: yields one report row per video (or per window), in input order.
 
-    ``tag(["a.mp4", "b.mkv"], labels=["ride a bike", "swim"])``; ``labels_files``, ``templates``,
-    ``model``, ``frames``, ``views``, ``window``, ``stride``, ``device``, ``precision``,
-    ``batch_size``, ``workers``, ``top_k``, ``threshold``, ``cache`` and ``seed`` are the options of
-    ``xclip tag``. Unreadable videos give a row whose ``error`` says why.
+    What ``xclip tag`` does, step for step (the command only parses its options and renders)::
+
+        for row in tag(["clips/"], labels=["ride a bike", "swim"], output="tags.csv", resume=True):
+            print(row["path"], row["label"], row["score"])
+
+    inputs: files, folders (walked for `extensions`), glob patterns, ``"-"`` (paths read from `stdin`,
+        NUL-separated with `null`), :class:`VideoTask` objects (a file, or a time range of it), in any
+        mix; discovered, sorted and deduplicated as the command does.
+    output: write the report here as well (``"-"``: stdout; None: only yield rows); `fmt` (csv, json,
+        jsonl, table) defaults to the extension, JSONL for stdout. `resume` continues it (inputs already
+        in it for this model, frames, views and vocabulary are skipped); `overwrite` replaces it.
+    progress: ``progress(done, total, path)`` once before the first input (``done`` 0) and after each.
+    run: a :class:`TagRun` from :func:`prepare`, to tag many batches with one loaded model; otherwise
+        `settings` are :func:`prepare`'s (``labels``, ``labels_files``, ``templates``, ``model``,
+        ``frames``, ``views``, ``window``, ``stride``, ``device``, ``precision``, ``batch_size``,
+        ``workers``, ``timeout``, ``top_k``, ``threshold``, ``cache``, ``seed``).
+
+    Everything that can be checked without the model (option values, inputs, the report) is checked before
+    it loads. Unreadable videos give a row whose ``error`` says why; the report is written as rows come,
+    so an interrupted run keeps everything before it.
     """
-    run = prepare(**settings)
-    tasks = [p if isinstance(p, VideoTask) else VideoTask(str(p)) for p in paths]
-    for rows in run.run(tasks):
-        yield from rows
+    from .data.discover import DEFAULT_EXTENSIONS, discover, normalize_extensions
+    from .reports import format_for, open_writer
+
+    if run is None:
+        check_options(**{k: v for k, v in settings.items() if k in _CHECKED})
+        if not settings.get("labels") and not settings.get("labels_files"):
+            raise UsageError("no labels: pass --labels FILE and/or --label TEXT")
+    if isinstance(inputs, (str, Path, VideoTask)):
+        inputs = [inputs]
+    inputs = list(inputs)
+    given = [item for item in inputs if isinstance(item, VideoTask)]
+    named = [os.fspath(item) for item in inputs if not isinstance(item, VideoTask)]
+    found = discover(named, extensions=normalize_extensions(extensions) if extensions else DEFAULT_EXTENSIONS,
+                     stdin=stdin, null=null) if named else None
+    tasks = given + [VideoTask(str(p)) for p in (found.paths if found else [])]
+    problems = found.problems if found else []
+    if not tasks:
+        raise UsageError("no input videos found" + (f" ({'; '.join(problems[:3])})" if problems else ""))
+    for problem in problems:
+        log.warning("%s", problem)
+    writer = None
+    if output is not None:
+        target = None if os.fspath(output) == "-" else os.fspath(output)
+        report_format = format_for(target, fmt, stdout_isatty=False)
+        writer = open_writer(target, report_format, resume=resume, overwrite=overwrite,
+                             inputs=[t.path for t in tasks])
+    try:
+        if run is None:
+            run = prepare(**settings)
+    except BaseException:
+        if writer is not None:
+            writer.abandon()
+        raise
+    with writer if writer is not None else contextlib.nullcontext():
+        existing = writer.existing_rows if writer is not None else []
+        done = completed_paths(existing, run)
+        if any(not run.same_run(row) for row in existing):
+            log.warning("%s holds rows of another model, frame count, views or vocabulary: it will hold two runs",
+                        output)
+        todo = [t for t in tasks if resolved_path(t.path) not in done] if done else tasks
+        if done:
+            log.info("resuming: %d of %d inputs already in %s", len(tasks) - len(todo), len(tasks), output)
+        if progress is not None:
+            progress(0, len(todo), "")
+        for finished, results in enumerate(run.results(todo), start=1):
+            for result in results:
+                row = run.row(result)
+                if writer is not None:
+                    writer.write(row)
+                yield row
+            if writer is not None and writer.broken_pipe:
+                return  # stdout's reader went away (`| head`): nobody wants more rows
+            if progress is not None:
+                progress(finished, len(todo), results[0].path)
+
+
+#: The settings of :func:`prepare` that :func:`check_options` checks.
+_CHECKED = ("frames", "window", "stride", "batch_size", "workers", "timeout", "top_k", "threshold", "views", "device")

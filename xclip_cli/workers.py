@@ -7,7 +7,11 @@ per-file timeout, or one that died, is killed and replaced and its file reported
 
 Signals: a worker ignores Ctrl-C (SIGINT to the terminal's process group; the parent handles it and
 stops the workers) and ends at once, without a traceback, on SIGTERM. Its ffmpeg children run in
-sessions of their own (see ``video.decode``), so neither signal fails the file being decoded.
+sessions of their own (see ``video.ffmpeg_backend``), so neither signal fails the file being decoded.
+
+Each worker has one core: torch computes with one thread, and with ``WorkerPool(..., threads=1)`` each
+task runs as ``fn(task, threads=1)`` so that its decoder uses one thread too (a parameter of the call,
+not a setting of the worker process).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import torch.multiprocessing  # noqa: F401 - registers shared-memory pickling of
 
 ITEM, DONE, ERROR = "item", "done", "error"
 
-TaskFn = Callable[[Any], Iterable[Any]]
+#: ``fn(task)``, or ``fn(task, threads=N)`` for a pool with ``threads``: a generator of items.
+TaskFn = Callable[..., Iterable[Any]]
 
 
 @dataclass
@@ -44,7 +49,7 @@ class _Worker:
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
-def _worker_main(fn: TaskFn, tasks: Any, results: Any, wid: int) -> None:
+def _worker_main(fn: TaskFn, tasks: Any, results: Any, wid: int, threads: int | None = None) -> None:
     # Ctrl-C: ignored, the parent handles it and stops us. SIGTERM (e.g. to the whole process group):
     # the default action, an immediate quiet exit, not the parent's inherited KeyboardInterrupt.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -52,17 +57,15 @@ def _worker_main(fn: TaskFn, tasks: Any, results: Any, wid: int) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     import torch
 
-    from .video import decode
-
-    torch.set_num_threads(1)  # one core per worker, for the model's math and for the decoder
-    decode.set_decoder_threads(1)
+    torch.set_num_threads(1)  # one core per worker, for the model's math (and the decoder: `threads`)
+    kwargs = {} if threads is None else {"threads": threads}
     while True:
         job = tasks.get()
         if job is None:
             return
         key, task = job
         try:
-            for item in fn(task):
+            for item in fn(task, **kwargs):
                 results.put((wid, key, ITEM, item))
             results.put((wid, key, DONE, None))
         except Exception as err:  # every failure is reported as that file's error
@@ -84,13 +87,22 @@ class WorkerPool:
     """Runs ``fn(task)`` (a generator) per task in `workers` processes; see :meth:`run`.
 
     Each worker holds up to `ahead` tasks, so it goes on decoding the next file while the caller runs
-    the model on what came back, instead of waiting for the caller to hand it more work.
+    the model on what came back, instead of waiting for the caller to hand it more work. With
+    `threads` set, each task runs as ``fn(task, threads=threads)`` (pass 1, one core per worker, to a
+    task that decodes, e.g. ``video.clips.load_clips``).
     """
 
     def __init__(
-        self, fn: TaskFn, workers: int, timeout: float = 120.0, queue_size: int | None = None, ahead: int = 2
+        self,
+        fn: TaskFn,
+        workers: int,
+        timeout: float = 120.0,
+        queue_size: int | None = None,
+        ahead: int = 2,
+        threads: int | None = None,
     ) -> None:
         self.fn = fn
+        self.threads = threads
         self.timeout = timeout
         self.ahead = max(1, ahead)
         self._ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
@@ -99,7 +111,7 @@ class WorkerPool:
 
     def _spawn(self, wid: int) -> _Worker:
         tasks = self._ctx.SimpleQueue()
-        process = self._ctx.Process(target=_worker_main, args=(self.fn, tasks, self._results, wid), daemon=True)
+        process = self._ctx.Process(target=_worker_main, args=(self.fn, tasks, self._results, wid, self.threads), daemon=True)
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)  # see _STOP_SIGNALS
         try:
             process.start()

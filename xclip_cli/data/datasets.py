@@ -21,7 +21,8 @@ Layouts (see ``../shared/data/splits/FORMATS.md`` of the project for the evidenc
 * Kinetics: the official annotation CSV (``label,youtube_id,time_start,time_end,...``) and clips named
   ``<youtube_id>_<start:06d>_<end:06d>.<ext>`` anywhere under ROOT (flat or one folder per class), or
   ``<youtube_id>.<ext>``.
-* CSV: ``path,label`` rows (a header naming ``path`` and ``label`` columns is optional).
+* CSV: ``path,label[,start,end]`` rows (a header is optional), the clip-list grammar of
+  :func:`xclip_cli.data.records.read_clip_list` that ``xclip finetune --data`` reads too.
 
 Vocabularies are the official X-CLIP label lists shipped in ``label_lists/`` (row order = class index).
 Layout problems raise :class:`DatasetError` naming the file (and line).
@@ -42,6 +43,7 @@ from ..errors import UsageError
 from ..files import READ_TIMEOUT_S, read_bytes
 from .discover import DEFAULT_EXTENSIONS
 from .labels import read_labels
+from .records import VideoRecord, read_clip_list
 
 __all__ = [
     "DATASETS",
@@ -106,7 +108,9 @@ class DatasetError(UsageError):
 
 @dataclass(frozen=True)
 class Record:
-    """One listed video: ``path`` relative to the split's root (or absolute), 0-based ``label``.
+    """One listed video of a split: ``path`` relative to the split's root (or absolute), 0-based ``label``
+    into ``Split.class_names``. :meth:`Split.videos` gives the same videos as :class:`VideoRecord` (absolute
+    path, class name), the record type of every command.
 
     ``start``/``end`` (seconds) restrict scoring to a range of the file; None for trimmed clips.
     """
@@ -140,6 +144,15 @@ class Split:
     def path_of(self, record: Record) -> Path:
         """The file of `record` (its path joined to ``root``; absolute paths stay as they are)."""
         return Path(self.root) / record.path
+
+    def videos(self, where: str = "") -> list[VideoRecord]:
+        """The records found on disk as :class:`VideoRecord`: absolute path, class name, time range;
+        ``where`` (for messages) is ``"{where}: {listed path}"``."""
+        return [
+            VideoRecord(os.path.abspath(self.path_of(r)), self.class_names[r.label], r.start, r.end,
+                        f"{where}: {r.path}" if where else r.path)
+            for r in self.records
+        ]
 
     def head(self, n: int) -> Split:
         """The same split cut to its first `n` listed videos (``--limit``)."""
@@ -213,13 +226,13 @@ def _find_dir(root: Path, given: PathLike | None, pattern: str, what: str) -> Pa
 
 
 def _split_record(root: Path, rel: str, label: int, records: list[Record], missing: list[str],
-                  listed: list[str], seen: set[str]) -> None:
+                  listed: list[str], seen: set[str], start: float | None = None, end: float | None = None) -> None:
     if rel in seen:
         return
     seen.add(rel)
     listed.append(rel)
     if (root / rel).is_file():
-        records.append(Record(rel, label))
+        records.append(Record(rel, label, start, end))
     else:
         missing.append(rel)
 
@@ -525,38 +538,19 @@ def k600_novel(
 
 # -- CSV -------------------------------------------------------------------------------------------------
 def csv_dataset(path: PathLike, labels: PathLike | None = None, root: PathLike | None = None) -> Split:
-    """Any ``path,label`` list. Paths are relative to `root` (default: the CSV's folder) or absolute.
+    """Any ``path,label[,start,end]`` list (:func:`~xclip_cli.data.records.read_clip_list`). Paths are relative to `root` (default: the CSV's folder) or absolute.
 
     The vocabulary is the `labels` file (one label per line, or a CSV with a ``name`` column; a row's
     label may then also be a 0-based index into it), else the labels present, sorted.
     """
     file = Path(path).expanduser().absolute()
-    text = _read_text(file, "CSV list")
-    reader = csv.reader(io.StringIO(text, newline=""))
-    entries: list[tuple[int, str, str]] = []
-    try:
-        first, header = True, False
-        columns = (0, 1)
-        for cells in reader:
-            if not any(c.strip() for c in cells):
-                continue
-            lowered = [c.strip().lower() for c in cells]
-            if first and "path" in lowered and "label" in lowered:
-                columns, header = (lowered.index("path"), lowered.index("label")), True
-                first = False
-                continue
-            first = False
-            if (not header and len(cells) != 2) or len(cells) <= max(columns):
-                found = f"{len(cells)} field(s)"
-                raise DatasetError(f"{file}:{reader.line_num}: expected 'path,label'; got {found}")
-            video, label = cells[columns[0]].strip(), cells[columns[1]].strip()
-            if not video or not label:
-                raise DatasetError(f"{file}:{reader.line_num}: empty path or label")
-            entries.append((reader.line_num, video, label))
-    except csv.Error as err:
-        raise DatasetError(f"{file}:{reader.line_num}: malformed CSV ({err})") from None
-    if not entries:
-        raise DatasetError(f"{file}: no rows")
+    rows, problems = read_clip_list(file)
+    if problems:
+        shown = "".join(f"\n  {p}" for p in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise DatasetError(problems[0] if len(problems) == 1 else f"{len(problems)} problems in {file}:{shown}{more}")
+    entries = [(r, r.path, r.label) for r in rows]
+
     files = {str(file): sha256_of(file)}
     if labels is not None:
         names = read_labels(labels)
@@ -569,13 +563,13 @@ def csv_dataset(path: PathLike, labels: PathLike | None = None, root: PathLike |
     missing: list[str] = []
     listed: list[str] = []
     seen: set[str] = set()
-    for number, video, label in entries:
+    for row, video, label in entries:
         index = label_of.get(label)
         if index is None and labels is not None and label.isdigit() and int(label) < len(names):
             index = int(label)
         if index is None:
-            raise DatasetError(f"{file}:{number}: label {label!r} is not in {labels}")
-        _split_record(base, video, index, records, missing, listed, seen)
+            raise DatasetError(f"{row.where}: label {label!r} is not in {labels}")
+        _split_record(base, video, index, records, missing, listed, seen, row.start, row.end)
     return Split(file.stem, records, missing, names, files, str(base), "csv", "test", listed)
 
 

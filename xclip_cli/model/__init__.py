@@ -10,6 +10,7 @@ import torch
 
 from .. import weights
 from ..errors import UsageError, WeightsError
+from ._open_clip import import_open_clip
 from .checkpoints import (
     load_file_checkpoint,
     load_hf_dir,
@@ -94,9 +95,7 @@ def load_model(
         dtype = torch.bfloat16
     if dtype is torch.bfloat16 and target.type == "cpu" and not _native_cpu_bf16():
         log.warning("this CPU has no bf16 instructions (AVX512-BF16 or AMX): bf16 runs slower than fp32 here")
-    model = model.to(device=target, dtype=dtype).eval()
-    model.precision = {v: k for k, v in PRECISIONS.items()}[dtype]
-    return model
+    return model.to(device=target, dtype=dtype).eval()  # model.precision follows the dtype
 
 
 def _native_cpu_bf16() -> bool:
@@ -119,29 +118,26 @@ def _load(source: str, frames: int | None, seed: int = 0) -> XCLIP:
             if local is not None:
                 return _load_path(local, frames)
             return _from_open_clip(entry.open_clip[0], entry.open_clip[1], frames, source, seed=seed)
-        model = _load_path(weights.resolve(entry), frames)
-        model.source = source
-        return model
+        return _load_path(weights.resolve(entry), frames, name=source)
     if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith((".", "/")):
-        model = _load_path(weights.download_hf(source), frames)
-        model.source = source
-        return model
+        return _load_path(weights.download_hf(source), frames, name=source)
     if any(sep in source for sep in ("/", "\\")) or Path(source).suffix:
         raise WeightsError(f"model file or folder not found: {source}")
     weights.get_entry(source)  # raises with suggestions
     raise AssertionError("unreachable")
 
 
-def _load_path(path: Path, frames: int | None) -> XCLIP:
+def _load_path(path: Path, frames: int | None, name: str | None = None) -> XCLIP:
+    """The model in file or folder `path`; its source is `name` (a registry name, a hub id) or the path."""
     if path.is_dir():
         if (path / "xclip_config.json").is_file():
-            return load_our_dir(path, frames)
+            return load_our_dir(path, frames, name=name)
         if (path / "config.json").is_file():
-            return load_hf_dir(path, frames)
+            return load_hf_dir(path, frames, name=name)
         raise WeightsError(
             f"{path}: a folder with neither xclip_config.json (xclip-cli) nor config.json (transformers)"
         )
-    return load_file_checkpoint(path, frames)
+    return load_file_checkpoint(path, frames, name=name)
 
 
 def _from_open_clip(arch: str, tag: str, frames: int | None, source: str, *, seed: int = 0) -> XCLIP:
@@ -156,8 +152,7 @@ def _from_open_clip(arch: str, tag: str, frames: int | None, source: str, *, see
     if tag in ("random", "none"):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = XCLIP(config)
-        model.source = f"{arch}:random"
+            model = XCLIP(config, source=f"{arch}:random")
         return model.eval()
     name = arch.replace("/", "-").replace("@336px", "-336")
     state = read_tensors(_open_clip_file(name, tag))
@@ -171,7 +166,7 @@ def _from_open_clip(arch: str, tag: str, frames: int | None, source: str, *, see
 
 def _open_clip_file(name: str, tag: str) -> Path:
     """The local file of open_clip's pretrained `tag` for backbone `name`, downloaded if allowed."""
-    from open_clip import pretrained
+    pretrained = import_open_clip().pretrained
 
     if Path(tag).expanduser().is_file():  # open_clip also takes a file for `pretrained`
         return Path(tag).expanduser()

@@ -407,16 +407,24 @@ def causal_mask(length: int) -> torch.Tensor:
 
 
 def model_from_state(
-    config: XCLIPConfig, state: dict[str, torch.Tensor], *, source: str, strict: bool = True
+    config: XCLIPConfig,
+    state: dict[str, torch.Tensor],
+    *,
+    source: str,
+    strict: bool = True,
+    name: str | None = None,
+    metadata: dict | None = None,
 ) -> XCLIP:
-    """An XCLIP with exactly these weights. Built on the meta device: no time wasted on random init."""
+    """An XCLIP with exactly these weights. Built on the meta device: no time wasted on random init.
+
+    `source` names the weights in errors; the model records `name` (default: `source`) as its source.
+    """
     with torch.device("meta"):
-        model = XCLIP(config)
+        model = XCLIP(config, source=name or source, metadata=metadata)
     missing, unexpected = _load_weights(model, state, source, assign=True)
     if strict and (missing or unexpected):
         raise WeightsError(f"{source}: {_describe_mismatch(missing, unexpected)}")
     model.attn_mask = causal_mask(config.context_length)
-    model.source = source
     return model.float().eval()
 
 
@@ -455,8 +463,13 @@ def _describe_mismatch(missing: list[str], unexpected: list[str]) -> str:
     return "checkpoint does not match the X-CLIP layout: " + "; ".join(parts)
 
 
-def model_from_clip_state(state: dict[str, torch.Tensor], frames: int, *, source: str) -> XCLIP:
-    """X-CLIP from CLIP weights; the new modules get the official initialisation."""
+def model_from_clip_state(
+    state: dict[str, torch.Tensor], frames: int, *, source: str, name: str | None = None
+) -> XCLIP:
+    """X-CLIP from CLIP weights; the new modules get the official initialisation.
+
+    `source` names the weights in errors; the model records `name` (default: `source`) as its source.
+    """
     from .xclip import build_clip
 
     config = infer_config(state, frames=frames, source=source)
@@ -468,9 +481,7 @@ def model_from_clip_state(state: dict[str, torch.Tensor], frames: int, *, source
     missing, unexpected = _load_weights(clip, state, source)
     if missing or unexpected:
         raise WeightsError(f"{source}: not a CLIP checkpoint of a known layout: {_describe_mismatch(missing, unexpected)}")
-    model = XCLIP(config, clip)
-    model.source = source
-    return model.eval()
+    return XCLIP(config, clip, source=name or source).eval()
 
 
 # -- transformers layout ------------------------------------------------------------------------------
@@ -625,7 +636,8 @@ def config_from_hf(cfg: dict[str, Any], source: str) -> XCLIPConfig:
     return config
 
 
-def load_hf_dir(path: Path, frames: int | None = None) -> XCLIP:
+def load_hf_dir(path: Path, frames: int | None = None, *, name: str | None = None) -> XCLIP:
+    """A transformers X-CLIP folder (config.json + weights); the model's source is `name` or the path."""
     try:
         cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -644,7 +656,7 @@ def load_hf_dir(path: Path, frames: int | None = None) -> XCLIP:
         raise WeightsError(f"{path}: config.json found but no model.safetensors or pytorch_model.bin next to it")
     with torch.device("meta"):
         keys = list(XCLIP(config).state_dict())
-    return model_from_state(config, hf_to_official(hf_state, keys), source=str(path))
+    return model_from_state(config, hf_to_official(hf_state, keys), source=str(path), name=name)
 
 
 def _check_frames(have: int, want: int | None, source: str) -> None:
@@ -691,7 +703,8 @@ def read_our_config(path: Path) -> dict[str, Any]:
     return doc
 
 
-def load_our_dir(path: Path, frames: int | None = None) -> XCLIP:
+def load_our_dir(path: Path, frames: int | None = None, *, name: str | None = None) -> XCLIP:
+    """A folder written by :func:`save_model`; the model's source is `name` or the path."""
     doc = read_our_config(path)
     try:
         config = XCLIPConfig.from_dict(doc.get("config"))
@@ -700,20 +713,21 @@ def load_our_dir(path: Path, frames: int | None = None) -> XCLIP:
     except TypeError as err:  # a field of the wrong kind that the dataclass itself refuses
         raise WeightsError(f"{path / OUR_CONFIG}: invalid X-CLIP config ({_short(err)})") from None
     _check_frames(config.frames, frames, str(path))
-    model = model_from_state(config, read_tensors(path / OUR_WEIGHTS), source=str(path))
-    model.metadata = doc.get("metadata") or {}
-    return model
+    return model_from_state(
+        config, read_tensors(path / OUR_WEIGHTS), source=str(path), name=name, metadata=doc.get("metadata") or {}
+    )
 
 
 # -- files of unknown kind --------------------------------------------------------------------------
-def load_file_checkpoint(path: Path, frames: int | None = None) -> XCLIP:
-    """An official X-CLIP ``.pth``, or a CLIP checkpoint (TorchScript ``.pt`` / state dict)."""
+def load_file_checkpoint(path: Path, frames: int | None = None, *, name: str | None = None) -> XCLIP:
+    """An official X-CLIP ``.pth``, or a CLIP checkpoint (TorchScript ``.pt`` / state dict); the model's
+    source is `name` or the path."""
     state = read_tensors(path)
     if "mit.positional_embedding" in state:
         config = infer_config(state, frames=frames, source=str(path))
-        return model_from_state(config, state, source=str(path))
+        return model_from_state(config, state, source=str(path), name=name)
     if "visual.conv1.weight" in state:
-        return model_from_clip_state(state, frames or 8, source=str(path))
+        return model_from_clip_state(state, frames or 8, source=str(path), name=name)
     if any(k.startswith(("vision_model.", "x_clip.vision_model.")) for k in state):
         raise WeightsError(f"{path}: transformers weights need their config.json: pass the folder that holds both")
     raise WeightsError(f"{path}: not an X-CLIP or CLIP checkpoint (no visual.conv1.weight)")

@@ -9,9 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import WeightsError
-
-# ImageNet statistics on the 0-255 scale: the official X-CLIP `img_norm_cfg` (not CLIP's statistics).
-from ..video.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD  # the official X-CLIP `img_norm_cfg`, 0-255 scale
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ an official state dict loads with ``strict=True``.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -22,34 +21,20 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from ..errors import FrameCountError
+from ._open_clip import import_open_clip
+from .config import XCLIPConfig
 
-def _import_open_clip() -> None:
-    """Import open_clip without its optional transformers text towers, which we never use.
-
-    open_clip imports transformers whenever it is installed (our test and benchmark environments have
-    it), which adds seconds to every `xclip` start. Hiding it during this one import keeps them out;
-    transformers itself stays importable afterwards.
-    """
-    hide = "transformers" not in sys.modules
-    if hide:
-        sys.modules["transformers"] = None  # type: ignore[assignment]  # makes `import transformers` fail
-    try:
-        import open_clip  # noqa: F401
-    finally:
-        if hide:
-            del sys.modules["transformers"]
-
-
-_import_open_clip()
-from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg  # noqa: E402
-from open_clip.transformer import LayerNorm, QuickGELU, ResidualAttentionBlock  # noqa: E402
-from torch.utils.checkpoint import checkpoint  # noqa: E402
-
-from ..errors import FrameCountError  # noqa: E402
-from .config import XCLIPConfig  # noqa: E402
+open_clip = import_open_clip()
+CLIP, CLIPTextCfg, CLIPVisionCfg = open_clip.model.CLIP, open_clip.model.CLIPTextCfg, open_clip.model.CLIPVisionCfg
+LayerNorm, QuickGELU = open_clip.transformer.LayerNorm, open_clip.transformer.QuickGELU
+ResidualAttentionBlock = open_clip.transformer.ResidualAttentionBlock
 
 log = logging.getLogger(__name__)
+
+_PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 @dataclass
@@ -247,11 +232,30 @@ class XCLIP(nn.Module):
     Build it with :func:`xclip_cli.load_model`; ``XCLIP(config)`` gives random weights and
     ``XCLIP(config, clip)`` takes an open_clip CLIP's weights and initialises the new modules the way
     the official code does, ready for fine-tuning.
+
+    Provenance is given at construction (the loaders pass it) and read, never set, afterwards:
+    ``source`` names where the weights came from (a registry name, hub id, path or ``ARCH:random``;
+    ``"random"`` for a bare ``XCLIP(config)``), ``metadata`` is what :func:`save_model` stored with
+    them, and :attr:`precision` follows the weights' dtype.
     """
 
-    def __init__(self, config: XCLIPConfig, clip: CLIP | None = None) -> None:
+    #: Where the weights came from, as the user named them.
+    source: str
+    #: What was saved with the weights (``save_model(..., metadata=)``); empty when nothing was.
+    metadata: dict
+
+    def __init__(
+        self,
+        config: XCLIPConfig,
+        clip: CLIP | None = None,
+        *,
+        source: str = "random",
+        metadata: dict | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
+        self.source = source
+        self.metadata = dict(metadata or {})
         clip = clip if clip is not None else build_clip(config)
         embed, vwidth = config.embed_dim, config.vision_width
 
@@ -276,7 +280,6 @@ class XCLIP(nn.Module):
         self.prompts_visual_ln = LayerNorm(vwidth)
         self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
         self.grad_checkpointing = False
-        self.source = "random"
 
     # -- what inputs the checkpoint expects ------------------------------------------------------
     @property
@@ -301,15 +304,18 @@ class XCLIP(nn.Module):
         return self.visual.conv1.weight.dtype
 
     @property
+    def precision(self) -> str:
+        """``fp32``, ``bf16`` or ``fp16``: the weights' dtype as ``load_model(precision=)`` names it."""
+        return _PRECISION_NAMES.get(self.dtype, str(self.dtype).removeprefix("torch."))
+
+    @property
     def device(self) -> torch.device:
         return self.visual.conv1.weight.device
 
     # -- text ---------------------------------------------------------------------------------------
     @cached_property
     def _tokenizer(self):
-        from open_clip.tokenizer import SimpleTokenizer
-
-        return SimpleTokenizer(context_length=self.config.context_length)
+        return open_clip.tokenizer.SimpleTokenizer(context_length=self.config.context_length)
 
     def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
         """CLIP BPE ids ``[K, 77]``: SOT + tokens + EOT, zero padded; long texts keep EOT at the end.

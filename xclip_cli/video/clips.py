@@ -1,17 +1,24 @@
-"""From a file to model-ready views: the one decode -> sample -> normalise path of tag, eval and finetune."""
+"""From a file to model-ready views: the one decode -> sample -> normalise path of tag, eval and finetune.
+
+:class:`ClipSpec` says how (frames, views, windows, and training mode: TSN random offsets plus the official
+augmentation); :func:`load_clips` does it for any record with ``path``, ``start`` and ``end``: a
+:class:`VideoTask` or an ``xclip_cli.data.records.VideoRecord``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
+import numpy as np
 import torch
 
 from ..errors import UsageError
 from ..options import MAX_CLIPS, MAX_WINDOWS_PER_FILE
 from .decode import VideoError, probe, read_frames
-from .sampling import range_to_frames, view_indices, windows
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, short_side_for, test_views
+from .sampling import range_to_frames, segment_indices, view_indices, windows
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, short_side_for, test_views, train_transform
 
 
 @dataclass(frozen=True)
@@ -19,7 +26,9 @@ class ClipSpec:
     """How to turn a video (or a time range of it) into views: ``clips x crops`` of ``frames`` frames.
 
     With ``window`` the range is cut into consecutive windows of that many seconds (every ``stride``
-    seconds), each scored on its own.
+    seconds), each scored on its own. ``train`` is training mode: one view, a random frame of each TSN
+    segment and, with ``augment``, the official augmentation (:func:`~xclip_cli.video.train_transform`);
+    its randomness comes from the ``rng`` and ``generator`` given to :func:`load_clips`.
     """
 
     frames: int
@@ -30,6 +39,12 @@ class ClipSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     window: float | None = None
     stride: float | None = None
+    train: bool = False
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        if self.train and (self.clips, self.crops, self.window) != (1, 1, None):
+            raise ValueError("training mode takes one view (1x1) of the whole range, no windows")
 
     @property
     def views(self) -> int:
@@ -40,9 +55,23 @@ class ClipSpec:
         return f"{self.clips}x{self.crops}"
 
 
+class Span(Protocol):
+    """What the loader needs of a record: a file and an optional ``[start, end)`` range in seconds."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def start(self) -> float | None: ...
+    @property
+    def end(self) -> float | None: ...
+
+
 @dataclass(frozen=True)
 class VideoTask:
-    """One input: a file, optionally restricted to ``[start, end)`` seconds."""
+    """One input to decode: a file, optionally restricted to ``[start, end)`` seconds.
+
+    The decode side of a ``VideoRecord`` (which adds the label): what tagging keys its cache and rows on.
+    """
 
     path: str
     start: float | None = None
@@ -71,7 +100,7 @@ def parse_views(text: str) -> tuple[int, int]:
     return clips, crops
 
 
-def spans_of(task: VideoTask, duration: float | None, spec: ClipSpec) -> list[tuple[float | None, float | None]]:
+def spans_of(task: Span, duration: float | None, spec: ClipSpec) -> list[tuple[float | None, float | None]]:
     """The time ranges of a task that get one row each: the task's range, or its windows."""
     if spec.window is None:
         return [(task.start, task.end)]
@@ -86,15 +115,35 @@ def spans_of(task: VideoTask, duration: float | None, spec: ClipSpec) -> list[tu
     return [(start + s, start + e) for s, e in windows(length, spec.window, spec.stride)]
 
 
-def load_clips(task: VideoTask, spec: ClipSpec) -> Iterator[Clip]:
-    """Probe `task`'s file and yield its clips one window at a time, decoding only the sampled frames."""
+def load_clips(
+    task: Span, spec: ClipSpec, *, rng: np.random.Generator | None = None, generator: torch.Generator | None = None,
+    threads: int | None = None,
+) -> Iterator[Clip]:
+    """Probe `task`'s file and yield its clips one window at a time, decoding only the sampled frames.
+
+    In training mode (``spec.train``) `rng` draws the frame of each segment and `generator` the
+    augmentation (fresh unseeded ones when None); otherwise the clips are placed deterministically.
+    ``threads``: decord's decoding threads, passed to :func:`read_frames` (decode workers use 1).
+    """
     info = probe(task.path)
     if spec.window is not None and info.fps > 0 and spec.window < 1.0 / info.fps:
         raise VideoError(task.path, f"--window {spec.window:g} s is shorter than one frame ({1.0 / info.fps:.3g} s)")
     for start, end in spans_of(task, info.duration, spec):
         first, count = range_to_frames(info, start, end)
-        indices = (view_indices(count, spec.frames, spec.clips) + first).reshape(-1)
-        frames = read_frames(task.path, indices, short_side=short_side_for(spec.image_size, spec.crops), info=info)
-        views = test_views(frames, image_size=spec.image_size, crops=spec.crops, mean=spec.mean, std=spec.std)
-        views = views.reshape(spec.crops * spec.clips, spec.frames, *views.shape[2:])
+        if spec.train:
+            indices = segment_indices(count, spec.frames, train=True, rng=rng) + first
+        else:
+            indices = (view_indices(count, spec.frames, spec.clips) + first).reshape(-1)
+        frames = read_frames(
+            task.path, indices, short_side=short_side_for(spec.image_size, spec.crops), info=info, threads=threads
+        )
+        if spec.train and spec.augment:
+            if generator is None:
+                generator = torch.Generator()
+                generator.seed()
+            views = train_transform(frames, image_size=spec.image_size, generator=generator, mean=spec.mean,
+                                    std=spec.std)[None]
+        else:
+            views = test_views(frames, image_size=spec.image_size, crops=spec.crops, mean=spec.mean, std=spec.std)
+            views = views.reshape(spec.crops * spec.clips, spec.frames, *views.shape[2:])
         yield Clip(start, end, info.duration, indices.tolist(), views)

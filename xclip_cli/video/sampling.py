@@ -32,9 +32,7 @@ def segment_indices(
     if frames <= 0:
         raise ValueError(f"frames must be positive, got {frames}")
     if not train:
-        avg_interval = num_frames / float(frames)
-        offsets = (np.arange(frames) * avg_interval + avg_interval / 2.0).astype(np.int64)
-        return offsets
+        return view_indices(num_frames, frames, 1)[0]  # the one formula of deterministic placement
 
     rng = rng if rng is not None else np.random.default_rng()
     # mmaction2 with clip_len=1: ori_clip_len = 1, so "num_frames - ori_clip_len + 1" is num_frames.

@@ -14,9 +14,9 @@ import torch
 import torchvision.transforms.v2.functional as F
 from torchvision.transforms import InterpolationMode
 
-# ImageNet statistics on the 0-255 scale: official X-CLIP normalises with these, not CLIP's own.
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD  # one definition of the ImageNet statistics, re-exported
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "normalize", "short_side_for", "test_views", "train_transform"]
 
 # MultiScaleCrop(scales=(1, .875, .75, .66), max_wh_scale_gap=1) as in the official training config.
 _CROP_SCALES = (1.0, 0.875, 0.75, 0.66)

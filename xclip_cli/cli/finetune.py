@@ -1,23 +1,31 @@
 """``xclip finetune``: fine-tune X-CLIP on labelled clips (official recipe), resumable, torchrun-ready.
 
-Thin: parse, call :func:`xclip_cli.training.finetune`, draw progress on stderr. Option values are checked
-by :meth:`xclip_cli.training.FinetuneConfig.validate` (one line each, exit 2, before anything loads), not
-by click ranges, so that the CLI and the Python API refuse the same values with the same words.
+Parse, call :func:`xclip_cli.training.finetune`, render its progress on stderr. Option values are checked by
+:meth:`xclip_cli.training.FinetuneConfig.validate` (one line each, exit 2, before anything loads), not by
+click ranges, so that the CLI and the Python API refuse the same values with the same words.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from .cli import EXIT_INTERRUPTED, app
+from ..errors import UsageError
+from .common import (
+    Precision,
+    Reporter,
+    device_option,
+    frames_option,
+    interrupted,
+    model_option,
+    progress_option,
+    threads_option,
+    workers_option,
+)
 
 
 class FinetuneDataset(str, Enum):
@@ -30,7 +38,6 @@ _DATA = "Data"
 _RUN = "Run folder and execution"
 
 
-@app.command("finetune")
 def finetune_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder (config, checkpoints, metrics, curves).", rich_help_panel=_RUN)],
     data: Annotated[Path | None, typer.Option("--data", help="Training clips: CSV with path,label[,start,end]; paths relative to the CSV.", rich_help_panel=_DATA)] = None,
@@ -42,8 +49,8 @@ def finetune_command(
     labels: Annotated[Path | None, typer.Option("--labels", "-l", help="Class names in class order (one per line, or CSV with a name column). Default: the training labels, sorted.", rich_help_panel=_DATA)] = None,
     shots: Annotated[int | None, typer.Option(help="Few-shot: K clips per class drawn with --seed (the paper's 2/4/8/16-shot protocol).", rich_help_panel=_DATA)] = None,
     seed: Annotated[int, typer.Option(help="Seed of everything random (sampling, augmentation, mixup, order, shots).", rich_help_panel=_DATA)] = 1024,
-    model: Annotated[str, typer.Option("--model", "-m", envvar="XCLIP_MODEL", help="Start from: a CLIP backbone (new modules initialised) or an X-CLIP checkpoint; anything --model of tag takes.", rich_help_panel=_RECIPE)] = "clip-b32",
-    frames: Annotated[int | None, typer.Option(help="Frames per clip, 1-64 (default: the checkpoint's, 8 for CLIP).", rich_help_panel=_RECIPE)] = None,
+    model: Annotated[str, model_option(help="Start from: a CLIP backbone (new modules initialised) or an X-CLIP checkpoint; anything --model of tag takes.", rich_help_panel=_RECIPE)] = "clip-b32",
+    frames: Annotated[int | None, frames_option(help="Frames per clip, 1-64 (default: the checkpoint's, 8 for CLIP).", rich_help_panel=_RECIPE)] = None,
     epochs: Annotated[int, typer.Option(rich_help_panel=_RECIPE)] = 30,
     batch_size: Annotated[int, typer.Option(help="Clips per forward pass, over all processes.", rich_help_panel=_RECIPE)] = 8,
     accum_steps: Annotated[int, typer.Option(help="Forward passes per optimizer step.", rich_help_panel=_RECIPE)] = 4,
@@ -59,14 +66,14 @@ def finetune_command(
     augment: Annotated[bool, typer.Option(help="Multi-scale crop, flip, colour jitter, greyscale (off: centre crop).", rich_help_panel=_RECIPE)] = True,
     freeze: Annotated[list[str], typer.Option("--freeze", help="Also freeze parameters whose name contains this (repeatable).", rich_help_panel=_RECIPE)] = [],
     grad_checkpointing: Annotated[bool, typer.Option(help="Recompute visual blocks in the backward pass (less memory).", rich_help_panel=_RECIPE)] = False,
-    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (default: on with CUDA, fp16 + loss scaling).", rich_help_panel=_RECIPE)] = None,
+    precision: Annotated[Precision | None, typer.Option("--precision", help="fp32; fp16 (autocast + loss scaling) or bf16 autocast. Default: fp16 on CUDA, fp32 on the CPU.", rich_help_panel=_RECIPE)] = None,
     save_every_steps: Annotated[int, typer.Option(help="Also write last/ every N optimizer steps (0: once per epoch).", rich_help_panel=_RUN)] = 0,
     resume: Annotated[bool, typer.Option(help="Continue the run in --output from last/ (with its stored configuration).", rich_help_panel=_RUN)] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.", rich_help_panel=_RUN)] = False,
-    device: Annotated[str | None, typer.Option(envvar="XCLIP_DEVICE", help="auto (default), cpu, cuda or cuda:N (torchrun: each process its LOCAL_RANK GPU).", rich_help_panel=_RUN)] = None,
-    workers: Annotated[int | None, typer.Option(help="Decoding processes per training process (default: 2). --resume keeps the run's unless given.", rich_help_panel=_RUN)] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for the model (default: torch's). --resume keeps the run's unless given.", rich_help_panel=_RUN)] = None,
-    progress: Annotated[bool, typer.Option(help="Progress bars on stderr (on a terminal).", rich_help_panel=_RUN)] = True,
+    device: Annotated[str | None, device_option(help="auto (default), cpu, cuda or cuda:N (torchrun: each process its LOCAL_RANK GPU).", rich_help_panel=_RUN)] = None,
+    workers: Annotated[int | None, workers_option(help="Decoding processes per training process (default: 2). --resume keeps the run's unless given.", rich_help_panel=_RUN)] = None,
+    threads: Annotated[int | None, threads_option(help="CPU threads for the model (default: torch's). --resume keeps the run's unless given.", rich_help_panel=_RUN)] = None,
+    progress: Annotated[bool, progress_option(rich_help_panel=_RUN)] = True,
 ) -> None:
     """Fine-tune X-CLIP on your labelled clips with the official recipe; writes a resumable run folder.
 
@@ -74,35 +81,34 @@ def finetune_command(
     exactly where it stopped. Under torchrun each process trains on its shard (DistributedDataParallel).
     The run folder is locked while a run writes it: a second run on it is refused.
     """
-    from .errors import UsageError
-    from .training import DataError, FinetuneConfig, TrainingInterrupted, finetune
+    from ..training import DataError, FinetuneConfig, TrainingInterrupted, finetune
 
     rank = int(os.environ.get("RANK", "0"))
     options: dict[str, Any] = dict(
         data=_str(data), val=_str(val), dataset=dataset.value if dataset else None, root=_str(root), split=split,
         labels=_str(labels), val_fraction=val_fraction, shots=shots, seed=seed, model=model, frames=frames,
-        freeze=list(freeze), grad_checkpointing=grad_checkpointing, amp=amp, epochs=epochs, batch_size=batch_size,
+        freeze=list(freeze), grad_checkpointing=grad_checkpointing,
+        precision=precision.value if precision else None, epochs=epochs, batch_size=batch_size,
         accum_steps=accum_steps, lr=lr, new_lr_mult=new_lr_mult, min_lr=min_lr, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix,
         mixup_switch_prob=mixup_switch_prob, augment=augment, save_every_steps=save_every_steps,
         workers=workers, device=device, threads=threads,
     )
-    bar = _Bar(enabled=progress and rank == 0)
+    # Every process trains; only rank 0 draws (the processes of a torchrun would all draw the same).
+    shown = TrainingProgress(enabled=progress and rank == 0)
     try:
         result = finetune(
-            output, FinetuneConfig(**options), resume=resume, overwrite=overwrite, progress=bar, handle_signals=True
+            output, FinetuneConfig(**options), resume=resume, overwrite=overwrite, progress=shown, handle_signals=True
         )
     except DataError as err:
         _data_problems(err, rank)
         raise UsageError(f"{len(err.problems)} problem(s) in the training data; nothing was trained") from None
     except TrainingInterrupted as err:
-        typer.echo(f"xclip: interrupted; saved {err.checkpoint}; continue with --resume", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise interrupted(f"interrupted; saved {err.checkpoint}; continue with --resume") from None
     except KeyboardInterrupt:
-        typer.echo("xclip: interrupted before the first checkpoint", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise interrupted("interrupted before the first checkpoint") from None
     # Every other XClipError (bad option value 2, locked or unusable run folder 2, model 3, disk full 1)
-    # travels to cli.XClipGroup: one `xclip: error:` line and its exit code.
+    # travels to the app's XClipGroup: one `xclip: error:` line and its exit code.
     if rank == 0 and result.best is not None:
         best = result.best
         accuracy = "" if best["val_top1"] is None else f", val top-1 {best['val_top1']:.2f}% top-5 {best['val_top5']:.2f}%"
@@ -122,72 +128,57 @@ def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
 
-class _Bar:
-    """Rich progress bars (epoch, step, loss, lr, clips/s, ETA) on a terminal; one line per epoch always."""
+#: What the training bar shows after its title and counts.
+_FIELDS = {"epoch": "epoch {}", "note": "{}", "loss": "loss {:.4f}", "lr": "lr {:.2e}", "speed": "{:.1f} clips/s"}
+
+
+class TrainingProgress:
+    """The training loop's progress contract (:class:`xclip_cli.training.Progress`) drawn by the shared
+    :class:`~xclip_cli.cli.common.Reporter`: one bar over the run's optimizer steps with the epoch, loss,
+    learning rate and speed, or a line every tenth of the steps; a summary line per epoch either way.
+    """
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.tty = enabled and sys.stderr.isatty()
-        self.quiet = logging.getLogger("xclip_cli").getEffectiveLevel() > logging.WARNING
-        self.bar = None
         self.info: dict[str, Any] = {}
+        self.reporter: Reporter | None = None
 
     def start(self, info: dict[str, Any]) -> None:
         self.info = info
-        self.started = time.monotonic()
-        if not self.quiet and self.enabled:
-            resumed = f", resuming at epoch {info['epoch'] + 1} step {info['step']}" if info["epoch"] or info["step"] else ""
-            processes = f", {info['world_size']} processes" if info["world_size"] > 1 else ""
-            typer.echo(
-                f"xclip: {info['train_clips']} training clips, {info['val_clips']} validation clips, "
-                f"{info['epochs']} epochs x {info['steps_per_epoch']} steps{processes}{resumed}",
-                err=True,
-            )
-        if not self.tty:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            TextColumn("{task.fields[stats]}"), console=Console(stderr=True), transient=True,
+        # Made here, not before finetune(): the time of the periodic lines is the training's.
+        self.reporter = Reporter("training", done_verb="trained", unit="steps", enabled=self.enabled,
+                                 fields=_FIELDS)
+        resumed = f", resuming at epoch {info['epoch'] + 1} step {info['step']}" if info["epoch"] or info["step"] else ""
+        processes = f", {info['world_size']} processes" if info["world_size"] > 1 else ""
+        self.reporter.echo(
+            f"{info['train_clips']} training clips, {info['val_clips']} validation clips, "
+            f"{info['epochs']} epochs x {info['steps_per_epoch']} steps{processes}{resumed}"
         )
-        self.bar.start()
-        total = info["epochs"] * info["steps_per_epoch"]
-        done = info["epoch"] * info["steps_per_epoch"] + info["step"]
-        self.run_task = self.bar.add_task("run", total=total, completed=done, stats="")
-        self.epoch_task = self.bar.add_task(f"epoch {info['epoch'] + 1}/{info['epochs']}",
-                                            total=info["steps_per_epoch"], completed=info["step"], stats="")
+        steps = info["steps_per_epoch"]
+        self.reporter.start(info["epochs"] * steps, info["epoch"] * steps + info["step"], epoch=self._epoch(info["epoch"]))
 
     def step(self, epoch: int, step: int, loss: float, lr: float, clips_per_s: float) -> None:
-        if self.bar is None:
-            return
-        stats = f"loss {loss:.4f}  lr {lr:.2e}  {clips_per_s:.1f} clips/s"
-        self.bar.update(self.epoch_task, description=f"epoch {epoch + 1}/{self.info['epochs']}", completed=step,
-                        stats=stats)
-        self.bar.update(self.run_task, advance=1)
+        if self.reporter is not None:
+            self.reporter.update(epoch * self.info["steps_per_epoch"] + step, epoch=self._epoch(epoch), note=None,
+                                 loss=loss, lr=lr, speed=clips_per_s)
 
     def validating(self, epoch: int, clips: int) -> None:
-        if self.bar is not None and clips:
-            self.bar.update(self.epoch_task, stats=f"validating {clips} clips")
+        if self.reporter is not None and clips:
+            self.reporter.update(epoch=self._epoch(epoch), note=f"validating {clips} clips", loss=None, lr=None,
+                                 speed=None)
 
     def epoch_end(self, record: dict[str, Any]) -> None:
-        if self.quiet or not self.enabled:
+        if self.reporter is None:
             return
         val = ""
         if record["val_top1"] is not None:
             val = f", val top-1 {record['val_top1']:.2f}% top-5 {record['val_top5']:.2f}%{' (best)' if record['best'] else ''}"
-        line = (f"epoch {record['epoch']}/{self.info['epochs']}: loss {record['loss']:.4f}, lr {record['lr']:.2e}"
-                f"{val}, {record['clips_per_s']:.1f} clips/s")
-        if self.bar is not None:
-            self.bar.console.print(line, highlight=False, markup=False)
-            if record["epoch"] < self.info["epochs"]:
-                self.bar.reset(self.epoch_task, total=self.info["steps_per_epoch"],
-                               description=f"epoch {record['epoch'] + 1}/{self.info['epochs']}", stats="")
-        else:
-            typer.echo(f"xclip: {line}", err=True)
+        self.reporter.echo(f"epoch {record['epoch']}/{self.info['epochs']}: loss {record['loss']:.4f}, "
+                           f"lr {record['lr']:.2e}{val}, {record['clips_per_s']:.1f} clips/s")
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
+        if self.reporter is not None:
+            self.reporter.close()
+
+    def _epoch(self, epoch: int) -> str:
+        return f"{epoch + 1}/{self.info['epochs']}"

@@ -1,30 +1,36 @@
 """``xclip eval``: accuracy on HMDB-51, UCF-101, Kinetics-400/600, the Kinetics-600 zero-shot classes or a CSV.
 
-Thin: parse, call :mod:`xclip_cli.evaluation`, render (table on stdout; JSON, CSV and plots on request).
+Parse, call :mod:`xclip_cli.evaluation`, render (table on stdout; JSON, CSV and plots on request).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
-import sys
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .cli import (
-    EXIT_INTERRUPTED,
-    EXIT_SOME_FAILED,
-    EXIT_USAGE,
+from ..errors import EXIT_SOME_FAILED, UsageError, XClipError
+from .common import (
+    BatchSize,
+    Device,
+    Frames,
+    Model,
     Precision,
-    _raise_on_sigterm,
-    app,
-    fail,
+    PrecisionOpt,
+    Reporter,
+    ShowProgress,
+    Threads,
+    Timeout,
+    Workers,
+    interrupted,
     log,
+    raise_on_sigterm,
+    set_threads,
+    views_option,
 )
 
 
@@ -42,7 +48,6 @@ class Subset(str, Enum):
     train = "train"
 
 
-@app.command("eval")
 def eval_command(
     dataset: Annotated[DatasetName, typer.Option("--dataset", "-d", help="Dataset layout.")],
     root: Annotated[Path, typer.Option("--root", help="Dataset folder (for csv: the list, or the folder its paths are relative to).")],
@@ -52,33 +57,33 @@ def eval_command(
     annotations: Annotated[Path | None, typer.Option(help="Kinetics annotation CSV (default: the *val*.csv under --root); for csv, the list.")] = None,
     labels: Annotated[Path | None, typer.Option("--labels", "-l", help="csv: the vocabulary file (default: the labels present).")] = None,
     seed: Annotated[int, typer.Option(help="k600-novel: seed of the three 160-class subsets.")] = 0,
-    model: Annotated[str, typer.Option("--model", "-m", envvar="XCLIP_MODEL", help="Registry name, checkpoint path, folder or hub id.")] = "xclip-b32-k400",
-    frames: Annotated[int | None, typer.Option(help="Frames per view; must match the checkpoint.")] = None,
-    views: Annotated[str, typer.Option(help="CLIPSxCROPS views per video; 4x3 is the paper's test protocol.")] = "1x1",
-    device: Annotated[str, typer.Option(envvar="XCLIP_DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    precision: Annotated[Precision, typer.Option(help="fp32; bf16 (CPU with AMX, or CUDA); fp16 (CUDA).")] = Precision.fp32,
-    batch_size: Annotated[int, typer.Option(min=1, help="Videos per model batch.")] = 4,
-    workers: Annotated[int | None, typer.Option(min=0, help="Decoding processes (0: decode in the main process).")] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for the model.")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds before a file that hangs a decoder is abandoned.")] = 120.0,
+    model: Model = "xclip-b32-k400",
+    frames: Frames = None,
+    views: Annotated[str, views_option(help="CLIPSxCROPS views per video; 4x3 is the paper's test protocol.")] = "1x1",
+    device: Device = "auto",
+    precision: PrecisionOpt = Precision.fp32,
+    batch_size: BatchSize = 4,
+    workers: Workers = None,
+    threads: Threads = None,
+    timeout: Timeout = 120.0,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N listed videos of each split (a quick look).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Results JSON: metrics and everything that defines them.")] = None,
     predictions: Annotated[Path | None, typer.Option(help="Per-video predictions and scores (CSV).")] = None,
     plots: Annotated[Path | None, typer.Option(help="Folder for confusion matrices and per-class accuracy charts (PNG).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing --output / --predictions files.")] = False,
-    progress: Annotated[bool, typer.Option(help="Progress on stderr.")] = True,
+    progress: ShowProgress = True,
 ) -> None:
     """Accuracy of a model on a dataset's official splits: top-1, top-5 and mean class accuracy."""
-    from . import options
-    from .data.datasets import load_splits
+    from .. import options
+    from ..data.datasets import load_splits
 
-    _raise_on_sigterm()
+    raise_on_sigterm()
     # Option values and outputs first: one line and exit 2 before any list is read or model loaded.
     options.check_frames(frames)
     options.check_run(timeout=timeout, batch_size=batch_size, workers=workers, threads=threads)
-    from .evaluation import check_outputs
-    from .model import check_device
-    from .video.clips import parse_views
+    from ..evaluation import check_outputs
+    from ..model import check_device
+    from ..video.clips import parse_views
 
     parse_views(views)
     check_device(device)
@@ -95,15 +100,12 @@ def eval_command(
     if not any(s.records for s in splits):
         listed = sum(len(s.listed) for s in splits)
         if not listed:
-            raise fail(f"the {dataset.value} lists under {root} name no videos", EXIT_USAGE)
+            raise UsageError(f"the {dataset.value} lists under {root} name no videos")
         example = next(Path(s.root) / s.missing[0] for s in splits if s.missing)
-        raise fail(f"none of the {listed} listed videos is on disk (e.g. {example})", EXIT_SOME_FAILED)
-    if threads:
-        import torch
+        raise XClipError(f"none of the {listed} listed videos is on disk (e.g. {example})")  # exit 1
+    set_threads(threads)
 
-        torch.set_num_threads(threads)
-
-    from .evaluation import evaluate, prepare_run
+    from ..evaluation import evaluate, prepare_run
 
     run = prepare_run(
         splits, model=model, frames=frames, views=views, device=device, precision=precision.value,
@@ -112,14 +114,13 @@ def eval_command(
     )
 
     try:
-        with _Progress(enabled=progress) as advance:
-            evaluation = evaluate(splits, run, progress=advance)
+        with Reporter("evaluating", done_verb="evaluated", unit="videos", enabled=progress) as bar:
+            evaluation = evaluate(splits, run, progress=bar, output=output, predictions=predictions, plots=plots,
+                                  overwrite=overwrite)
     except KeyboardInterrupt:
-        typer.echo("xclip: interrupted; nothing written", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise interrupted("interrupted; nothing written") from None
 
     _print_table(evaluation)
-    _write_outputs(evaluation, output, predictions, plots)
     for result in evaluation.splits:
         for path in result.split.missing[:5]:
             log.warning("%s: missing %s", result.split.name, path)
@@ -162,60 +163,3 @@ def _print_table(evaluation) -> None:
     if not console.is_terminal:
         console = Console(width=120)  # a pipe or a file: no terminal to fit, so don't wrap at 80
     console.print(table)
-
-
-def _write_outputs(evaluation, output: Path | None, predictions: Path | None, plots: Path | None) -> None:
-    from .evaluation import write_plots, write_predictions, write_results
-
-    try:
-        if output is not None:
-            write_results(evaluation, output)
-        if predictions is not None:
-            write_predictions(evaluation, predictions)
-        if plots is not None:
-            for path in write_plots(evaluation, plots):
-                log.info("wrote %s", path)
-    except OSError as err:
-        raise fail(f"cannot write results: {err.strerror or err}", EXIT_SOME_FAILED) from None
-
-
-class _Progress:
-    """Progress on stderr: a bar on a terminal, else a line every tenth of the videos (for log files)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.tty = sys.stderr.isatty()
-        self.bar = None
-        self.started = time.monotonic()
-
-    def __enter__(self):
-        return self.advance
-
-    def advance(self, done: int, total: int, path: str) -> None:
-        if not self.enabled:
-            return
-        if self.tty:
-            if self.bar is None:
-                from rich.console import Console
-                from rich.progress import (
-                    BarColumn,
-                    MofNCompleteColumn,
-                    Progress,
-                    TextColumn,
-                    TimeRemainingColumn,
-                )
-
-                self.bar = Progress(
-                    TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    TextColumn("{task.description}"), console=Console(stderr=True), transient=True,
-                )
-                self.bar.start()
-                self.task = self.bar.add_task("", total=total)
-            self.bar.update(self.task, completed=done, description=Path(path).name[-40:])
-        elif (done == total or done % max(1, total // 10) == 0) and log.isEnabledFor(logging.WARNING):
-            elapsed = time.monotonic() - self.started
-            typer.echo(f"xclip: evaluated {done}/{total} videos ({elapsed:.0f} s)", err=True)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
