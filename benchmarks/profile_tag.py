@@ -61,8 +61,13 @@ def stages(clips: list[str], model_dir: str) -> dict[str, float]:
         tagging.TagRun._encode, workers.WorkerPool.run = encode, run
     assert len(rows) == len(clips)
     rest = (end - loaded) - spent["encoder"] - spent["waiting for decoded clips"]
-    return {"imports (torch, open_clip, decord)": IMPORTED - START, "model load + 5-label vocabulary": loaded - start,
-            **spent, "scoring, rows, worker start/stop": rest, "total": (IMPORTED - START) + (end - start)}
+    return {
+        "imports (torch, open_clip, decord)": IMPORTED - START,
+        "model load + 5-label vocabulary": loaded - start,
+        **spent,
+        "scoring, rows, worker start/stop": rest,
+        "total": (IMPORTED - START) + (end - start),
+    }
 
 
 def operator_table(fn, runs: int) -> str:

@@ -51,8 +51,11 @@ def run_baseline(clips: list[str], labels: list[str], hf_dir: str, tok_dir: str)
 
     processor = XCLIPProcessor(
         image_processor=VideoMAEImageProcessor(
-            size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224},
-            image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], resample=2,
+            size={"shortest_edge": 224},
+            crop_size={"height": 224, "width": 224},
+            image_mean=[0.485, 0.456, 0.406],
+            image_std=[0.229, 0.224, 0.225],
+            resample=2,
         ),
         tokenizer=CLIPTokenizer.from_pretrained(tok_dir),
     )
@@ -130,8 +133,13 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
     """
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
         start = time.perf_counter()
-        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", tf.name, *cmd], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(
+            ["/usr/bin/time", "-f", "%M", "-o", tf.name, *cmd],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
         peak = [0.0]
         sampler = threading.Thread(target=_sample_pss, args=(proc, peak), daemon=True)
         sampler.start()
@@ -235,14 +243,20 @@ def agreement(clips: list[str], ours_dir: str, fp32_report: Path, bf16_report: P
             views = views_of(full, path)
             x, y = full.encode_video(views).embedding, half.encode_video(views).embedding.float()
             cos.append(torch.nn.functional.cosine_similarity(x, y).item())
-    return {"min_cos": min(cos), "mean_cos": sum(cos) / len(cos), "top1_agree": sum(a[p] == b.get(p) for p in a) / len(a)}
+    return {
+        "min_cos": min(cos),
+        "mean_cos": sum(cos) / len(cos),
+        "top1_agree": sum(a[p] == b.get(p) for p in a) / len(a),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, help="only the first N clips (a quick look)")
     parser.add_argument("--results", type=Path, help="append the tables to this markdown file")
-    parser.add_argument("--repeat", type=int, default=2, help="runs per fp32 configuration; the fastest counts")
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="runs per fp32 configuration; the fastest counts"
+    )
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--args", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -276,8 +290,13 @@ def main() -> None:
     def child(kind: str, **spec) -> list[str]:
         return [*me, "--run", kind, "--args", json.dumps(spec)]
 
-    bounds = {p: best(child("bound", clips=clips, ours=ours, precision=p, batch_size=BATCH), 1 if p == "bf16" else args.repeat)
-              for p in ("fp32", "bf16")}
+    bounds = {
+        p: best(
+            child("bound", clips=clips, ours=ours, precision=p, batch_size=BATCH),
+            1 if p == "bf16" else args.repeat,
+        )
+        for p in ("fp32", "bf16")
+    }
     lines = [
         f"### tag_throughput — {date.today()}",
         "",
@@ -289,6 +308,7 @@ def main() -> None:
         "| vocabulary | configuration | wall s | videos/s | vs baseline | vs bound | peak PSS MB (all processes) | peak RSS MB (largest) |",
         "|---|---|---|---|---|---|---|---|",
     ]
+
     def labels_file(name: str, labels: list[str]) -> Path:
         path = work / f"{name}.txt"
         path.write_text("\n".join(labels) + "\n")
@@ -301,34 +321,58 @@ def main() -> None:
         runs = {}
         for precision in ("fp32", "bf16"):
             reports[name, precision] = work / f"{precision}-{len(labels)}.jsonl"
-            cmd = [*xclip, "--labels", str(label_file), "--precision", precision, "-o", str(reports[name, precision])]
+            cmd = [
+                *xclip,
+                "--labels",
+                str(label_file),
+                "--precision",
+                precision,
+                "-o",
+                str(reports[name, precision]),
+            ]
             runs[precision] = best(cmd, 1 if precision == "bf16" else args.repeat)
-        rows = [(f"baseline (transformers docs; {base['videos']} read, {base['failed']} it cannot read)", base, None),
-                ("ours `xclip tag`", runs["fp32"], bounds["fp32"]),
-                ("ours `xclip tag --precision bf16`", runs["bf16"], bounds["bf16"])]
+        rows = [
+            (
+                f"baseline (transformers docs; {base['videos']} read, {base['failed']} it cannot read)",
+                base,
+                None,
+            ),
+            ("ours `xclip tag`", runs["fp32"], bounds["fp32"]),
+            ("ours `xclip tag --precision bf16`", runs["bf16"], bounds["bf16"]),
+        ]
         for label, m, b in rows:
             videos = m.get("videos", n) if m is base else n
             vs_bound = f"{m['wall'] / b['encoder_seconds']:.2f}x" if b else ""
-            lines.append(f"| {name} | {label} | {m['wall']:.1f} | {videos / m['wall']:.2f} | "
-                         f"{base['wall'] / m['wall']:.2f}x | {vs_bound} | {m['pss_mb']:.0f} | {m['rss_mb']:.0f} |")
+            lines.append(
+                f"| {name} | {label} | {m['wall']:.1f} | {videos / m['wall']:.2f} | "
+                f"{base['wall'] / m['wall']:.2f}x | {vs_bound} | {m['pss_mb']:.0f} | {m['rss_mb']:.0f} |"
+            )
     for precision, b in bounds.items():
-        lines.append(f"| any | bound: encoder alone, {precision}, batches of {BATCH} | {b['encoder_seconds']:.1f} | "
-                     f"{n / b['encoder_seconds']:.2f} | | 1.00x | {b['pss_mb']:.0f} | {b['rss_mb']:.0f} |")
+        lines.append(
+            f"| any | bound: encoder alone, {precision}, batches of {BATCH} | {b['encoder_seconds']:.1f} | "
+            f"{n / b['encoder_seconds']:.2f} | | 1.00x | {b['pss_mb']:.0f} | {b['rss_mb']:.0f} |"
+        )
 
     cached = [FIVE, ["surfing", "cooking", "dancing", "playing guitar", "walking the dog"], k400]
     files = [labels_file(f"cache-vocab-{i}", labels) for i, labels in enumerate(cached)]
     cache = work / "cache"
-    procs = [measure([*xclip, "--labels", str(f), "--cache", str(cache), "-o", str(work / f"c{i}.jsonl")])
-             for i, f in enumerate(files)]
+    procs = [
+        measure([*xclip, "--labels", str(f), "--cache", str(cache), "-o", str(work / f"c{i}.jsonl")])
+        for i, f in enumerate(files)
+    ]
     inproc = measure(child("cache", clips=clips, ours=ours, vocabularies=cached, cache=str(work / "cache2")))
     lines += [
         "",
         "| feature cache | first pass (5 labels) s | re-tag, 5 new labels s | speed-up | re-tag, 400 new labels s | speed-up |",
         "|---|---|---|---|---|---|",
     ]
-    for label, t in [("`xclip tag --cache` processes (wall, incl. start-up)", [m["wall"] for m in procs]),
-                     ("`tag(..., cache=)` calls in one process", inproc["times"])]:
-        lines.append(f"| {label} | {t[0]:.1f} | {t[1]:.2f} | {t[0] / t[1]:.0f}x | {t[2]:.2f} | {t[0] / t[2]:.0f}x |")
+    for label, t in [
+        ("`xclip tag --cache` processes (wall, incl. start-up)", [m["wall"] for m in procs]),
+        ("`tag(..., cache=)` calls in one process", inproc["times"]),
+    ]:
+        lines.append(
+            f"| {label} | {t[0]:.1f} | {t[1]:.2f} | {t[0] / t[1]:.0f}x | {t[2]:.2f} | {t[0] / t[2]:.0f}x |"
+        )
 
     agree = agreement(clips, ours, reports["400 labels (K400)", "fp32"], reports["400 labels (K400)", "bf16"])
     lines += [

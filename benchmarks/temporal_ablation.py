@@ -64,9 +64,29 @@ def write_clip(path: Path, frames: np.ndarray, fps: int = 8) -> None:
     import imageio_ffmpeg
 
     _, height, width, _ = frames.shape
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
-           "-s", f"{width}x{height}", "-r", str(fps), "-i", "-", "-c:v", "libx264", "-qp", "0",
-           "-pix_fmt", "yuv444p", str(path)]
+    cmd = [
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{width}x{height}",
+        "-r",
+        str(fps),
+        "-i",
+        "-",
+        "-c:v",
+        "libx264",
+        "-qp",
+        "0",
+        "-pix_fmt",
+        "yuv444p",
+        str(path),
+    ]
     subprocess.run(cmd, input=frames.tobytes(), check=True)
 
 
@@ -112,7 +132,9 @@ def apply_variant(model, variant: str):
     return model
 
 
-def train_variant(variant: str, seed: int, train_csv: Path, val_csv: Path, base: Path, out: Path, epochs: int) -> float:
+def train_variant(
+    variant: str, seed: int, train_csv: Path, val_csv: Path, base: Path, out: Path, epochs: int
+) -> float:
     import xclip_cli.model as model_module
     from xclip_cli.training import finetune
 
@@ -120,8 +142,18 @@ def train_variant(variant: str, seed: int, train_csv: Path, val_csv: Path, base:
     model_module.load_model = lambda *a, **k: apply_variant(real(*a, **k), variant)
     try:
         result = finetune(
-            out, data=str(train_csv), val=str(val_csv), model=str(base), seed=seed, epochs=epochs,
-            batch_size=4, accum_steps=1, lr=5e-5, new_lr_mult=100.0, warmup_epochs=1, workers=0,
+            out,
+            data=str(train_csv),
+            val=str(val_csv),
+            model=str(base),
+            seed=seed,
+            epochs=epochs,
+            batch_size=4,
+            accum_steps=1,
+            lr=5e-5,
+            new_lr_mult=100.0,
+            warmup_epochs=1,
+            workers=0,
         )
     finally:
         model_module.load_model = real
@@ -167,8 +199,14 @@ def main() -> None:
     for variant in VARIANTS:
         values = scores[variant]
         std = statistics.stdev(values) if len(values) > 1 else 0.0
-        lines.append(f"| {variant} | {statistics.mean(values):.1f} ± {std:.1f} | {', '.join(f'{v:.0f}' for v in values)} |")
-    lines += ["", f"Command: `python benchmarks/temporal_ablation.py --seeds {args.seeds} --epochs {args.epochs}`", ""]
+        lines.append(
+            f"| {variant} | {statistics.mean(values):.1f} ± {std:.1f} | {', '.join(f'{v:.0f}' for v in values)} |"
+        )
+    lines += [
+        "",
+        f"Command: `python benchmarks/temporal_ablation.py --seeds {args.seeds} --epochs {args.epochs}`",
+        "",
+    ]
     from tag_throughput import publish  # this folder is on sys.path when the script runs
 
     publish(lines, args.results)

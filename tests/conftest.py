@@ -40,7 +40,10 @@ def pytest_sessionstart(session):
     from helpers import SHARED
 
     if os.environ.get("CI", "").lower() == "true":
-        missing = [str(SHARED / "data" / name) for name in ("videos", "labels", "splits")
-                   if not (SHARED / "data" / name).is_dir()]
+        missing = [
+            str(SHARED / "data" / name)
+            for name in ("videos", "labels", "splits")
+            if not (SHARED / "data" / name).is_dir()
+        ]
         if missing:
             raise pytest.UsageError(f"CI=true but the shared test data is missing: {', '.join(missing)}")

@@ -14,8 +14,14 @@ VIDEOS = SHARED / "data" / "videos"
 
 #: Small enough for CPU tests, real in every structural respect (heads = width // 64 everywhere).
 TINY = XCLIPConfig(
-    embed_dim=64, image_size=32, patch_size=16, vision_width=128, vision_layers=2,
-    text_width=64, text_layers=2, frames=8,
+    embed_dim=64,
+    image_size=32,
+    patch_size=16,
+    vision_width=128,
+    vision_layers=2,
+    text_width=64,
+    text_layers=2,
+    frames=8,
 )
 
 
@@ -47,16 +53,25 @@ def hf_config(config: XCLIPConfig):
         prompt_alpha=config.prompt_alpha,
         prompt_num_attention_heads=config.prompt_heads,
         text_config=dict(
-            hidden_size=config.text_width, intermediate_size=4 * config.text_width,
-            num_hidden_layers=config.text_layers, num_attention_heads=config.text_heads,
-            vocab_size=config.vocab_size, max_position_embeddings=config.context_length,
+            hidden_size=config.text_width,
+            intermediate_size=4 * config.text_width,
+            num_hidden_layers=config.text_layers,
+            num_attention_heads=config.text_heads,
+            vocab_size=config.vocab_size,
+            max_position_embeddings=config.context_length,
         ),
         vision_config=dict(
-            hidden_size=config.vision_width, intermediate_size=4 * config.vision_width,
-            num_hidden_layers=config.vision_layers, num_attention_heads=config.vision_heads,
-            image_size=config.image_size, patch_size=config.patch_size, num_frames=config.frames,
-            mit_hidden_size=config.embed_dim, mit_intermediate_size=4 * config.embed_dim,
-            mit_num_hidden_layers=config.mit_layers, mit_num_attention_heads=config.mit_heads,
+            hidden_size=config.vision_width,
+            intermediate_size=4 * config.vision_width,
+            num_hidden_layers=config.vision_layers,
+            num_attention_heads=config.vision_heads,
+            image_size=config.image_size,
+            patch_size=config.patch_size,
+            num_frames=config.frames,
+            mit_hidden_size=config.embed_dim,
+            mit_intermediate_size=4 * config.embed_dim,
+            mit_num_hidden_layers=config.mit_layers,
+            mit_num_attention_heads=config.mit_heads,
         ),
     )
 
@@ -82,8 +97,14 @@ def save_official(model: XCLIP, path: Path) -> Path:
     cfg.MODEL = CfgNode()
     cfg.MODEL.ARCH = "ViT-B/32"
     torch.save(
-        {"model": model.state_dict(), "optimizer": {}, "lr_scheduler": {}, "max_accuracy": 0.0, "epoch": 3,
-         "config": cfg},
+        {
+            "model": model.state_dict(),
+            "optimizer": {},
+            "lr_scheduler": {},
+            "max_accuracy": 0.0,
+            "epoch": 3,
+            "config": cfg,
+        },
         path,
     )
     return path

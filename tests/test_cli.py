@@ -10,7 +10,9 @@ import xclip_cli
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "xclip_cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "xclip_cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_version_and_help():
@@ -66,7 +68,10 @@ def test_progress_off_a_terminal_is_a_line_every_tenth(capsys):
             bar.start(10, 5)
             bar.update(6, loss=0.5)
             bar.echo("epoch 1/2: done")
-        assert capsys.readouterr().err.splitlines() == ["xclip: trained 6/10 steps (0 s)", "xclip: epoch 1/2: done"]
+        assert capsys.readouterr().err.splitlines() == [
+            "xclip: trained 6/10 steps (0 s)",
+            "xclip: epoch 1/2: done",
+        ]
         with Reporter("tagging", done_verb="tagged", unit="videos", enabled=False) as bar:
             bar.start(2)
             bar.update(advance=2)

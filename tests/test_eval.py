@@ -56,7 +56,10 @@ needs_data = pytest.mark.skipif(not (VIDEOS.is_dir() and SPLITS.is_dir()), reaso
 
 def xclip(*args, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "xclip_cli", *map(str, args)], capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "xclip_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         check=False,
     )
 
@@ -107,11 +110,15 @@ def hmdb_root(tmp_path_factory) -> Path:
         pytest.skip("../shared/data/videos not present")
     root = tmp_path_factory.mktemp("hmdb51")
     link(TV / "RATRACE_wave_f_nm_np1_fr_goo_37.avi", root / "wave" / "RATRACE_wave_f_nm_np1_fr_goo_37.avi")
-    link(TV / "SchoolRulesHowTheyHelpUs_wave_f_nm_np1_ba_med_0.avi",
-         root / "wave" / "SchoolRulesHowTheyHelpUs_wave_f_nm_np1_ba_med_0.avi")
+    link(
+        TV / "SchoolRulesHowTheyHelpUs_wave_f_nm_np1_ba_med_0.avi",
+        root / "wave" / "SchoolRulesHowTheyHelpUs_wave_f_nm_np1_ba_med_0.avi",
+    )
     # torchvision added an "hmdb51_" prefix to this clip; the dataset's own name is without it.
-    link(TV / "hmdb51_Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6.avi",
-         root / "cartwheel" / "Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6.avi")
+    link(
+        TV / "hmdb51_Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6.avi",
+        root / "cartwheel" / "Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6.avi",
+    )
     link(VIDEOS / "decord" / "corrupted.mp4", root / "fall_floor" / "Broken_fall_floor_f_nm_np1_ba_bad_0.avi")
     splits = root / "testTrainMulti_7030_splits"
     splits.mkdir()
@@ -139,18 +146,24 @@ def ucf_root(tmp_path_factory) -> Path:
     shutil.copyfile(VIDEOS / "kinetics_i3d" / "v_CricketShot_g04_c01_rgb.gif", gif)
     link(TV / "v_SoccerJuggling_g23_c01.avi", root / "SoccerJuggling" / "v_SoccerJuggling_g23_c01.avi")
     # The dataset's own quirk: folder HandstandPushups, files v_HandStandPushups_* (any real clip will do).
-    link(TV / "SchoolRulesHowTheyHelpUs_wave_f_nm_np1_ba_med_0.avi",
-         root / "HandstandPushups" / "v_HandStandPushups_g01_c01.avi")
+    link(
+        TV / "SchoolRulesHowTheyHelpUs_wave_f_nm_np1_ba_med_0.avi",
+        root / "HandstandPushups" / "v_HandStandPushups_g01_c01.avi",
+    )
     lists = root / "ucfTrainTestlist"
     lists.mkdir()
     shutil.copyfile(UCF_LISTS / "classInd.txt", lists / "classInd.txt")
-    (lists / "testlist01.txt").write_bytes(real_lines(
-        UCF_LISTS / "testlist01.txt",
-        "v_ApplyEyeMakeup_g01_c01.", "v_CricketShot_g04_c01.", "v_HandStandPushups_g01_c01.",
-    ))
-    (lists / "trainlist01.txt").write_bytes(real_lines(
-        UCF_LISTS / "trainlist01.txt", "v_CricketShot_g08_c01.", "v_SoccerJuggling_g23_c01."
-    ))
+    (lists / "testlist01.txt").write_bytes(
+        real_lines(
+            UCF_LISTS / "testlist01.txt",
+            "v_ApplyEyeMakeup_g01_c01.",
+            "v_CricketShot_g04_c01.",
+            "v_HandStandPushups_g01_c01.",
+        )
+    )
+    (lists / "trainlist01.txt").write_bytes(
+        real_lines(UCF_LISTS / "trainlist01.txt", "v_CricketShot_g08_c01.", "v_SoccerJuggling_g23_c01.")
+    )
     return root
 
 
@@ -273,14 +286,29 @@ def test_k600_novel_classes_against_the_official_lists():
     assert set(K400_TO_K600_RENAMES) <= set(k400) and set(K400_TO_K600_RENAMES.values()) <= set(k600)
     assert set(novel) == set(k600) - set(k400) - set(K400_TO_K600_RENAMES.values())
     assert novel == [c for c in k600 if c in set(novel)]  # Kinetics-600 order
-    for member in ["acting in play", "alligator wrestling", "hugging baby", "opening wine bottle",
-                   "yarn spinning"]:
+    for member in [
+        "acting in play",
+        "alligator wrestling",
+        "hugging baby",
+        "opening wine bottle",
+        "yarn spinning",
+    ]:
         assert member in novel
-    for renamed in ["dyeing hair", "waking up", "tying necktie", "passing american football (not in game)",
-                    "hugging (not baby)", "person collecting garbage"]:
+    for renamed in [
+        "dyeing hair",
+        "waking up",
+        "tying necktie",
+        "passing american football (not in game)",
+        "hugging (not baby)",
+        "person collecting garbage",
+    ]:
         assert renamed not in novel  # Kinetics-400 classes under their Kinetics-600 names
-    shipped = {"hmdb51": "hmdb_51_labels.csv", "ucf101": "ucf_101_labels.csv",
-               "kinetics400": "kinetics_400_labels.csv", "kinetics600": "kinetics_600_labels.csv"}
+    shipped = {
+        "hmdb51": "hmdb_51_labels.csv",
+        "ucf101": "ucf_101_labels.csv",
+        "kinetics400": "kinetics_400_labels.csv",
+        "kinetics600": "kinetics_600_labels.csv",
+    }
     for dataset, name in shipped.items():  # the lists we ship are the official files, byte for byte
         assert label_list(dataset)[1].read_bytes() == (LABELS / name).read_bytes()
 
@@ -296,9 +324,12 @@ def test_k600_novel_splits(tmp_path):
     subsets = novel_subsets()
     only_first = next(c for c in subsets[0] if c not in subsets[1] and c not in subsets[2])
     everywhere = next(c for c in subsets[0] if c in subsets[1] and c in subsets[2])
-    rows = ["label,youtube_id,time_start,time_end,split",
-            f"{only_first},aaaaaaaaaaa,0,10,val", f'"{everywhere}",bbbbbbbbbbb,5,15,val',
-            "abseiling,ccccccccccc,0,10,val"]  # a Kinetics-400 class: not part of the protocol
+    rows = [
+        "label,youtube_id,time_start,time_end,split",
+        f"{only_first},aaaaaaaaaaa,0,10,val",
+        f'"{everywhere}",bbbbbbbbbbb,5,15,val',
+        "abseiling,ccccccccccc,0,10,val",
+    ]  # a Kinetics-400 class: not part of the protocol
     (tmp_path / "k600_val.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "aaaaaaaaaaa_000000_000010.mp4").write_bytes(b"")
     splits = k600_novel(tmp_path)
@@ -362,8 +393,13 @@ def test_kinetics_layout(kinetics_root):
 
 def test_kinetics_clip_names(tmp_path):
     """<id>_<start>_<end>.<ext>, or <id>.<ext> when the list has a single clip of that id."""
-    rows = ["label,youtube_id,time_start,time_end,split", "abseiling,aaaaaaaaaaa,0,10,val",
-            "abseiling,aaaaaaaaaaa,20,30,val", "archery,bbbbbbbbbbb,5,15,val", "archery,ccccccccccc,1,11,val"]
+    rows = [
+        "label,youtube_id,time_start,time_end,split",
+        "abseiling,aaaaaaaaaaa,0,10,val",
+        "abseiling,aaaaaaaaaaa,20,30,val",
+        "archery,bbbbbbbbbbb,5,15,val",
+        "archery,ccccccccccc,1,11,val",
+    ]
     (tmp_path / "val.csv").write_text("\n".join(rows) + "\n")
     for name in ["aaaaaaaaaaa.mp4", "bbbbbbbbbbb.mkv", "archery/ccccccccccc_000001_000011.webm"]:
         (tmp_path / name).parent.mkdir(exist_ok=True)
@@ -406,8 +442,25 @@ def by_hand(rows: list[dict], classes: list[str]) -> tuple[float, float, int]:
 @needs_data
 def test_hmdb_all_splits_end_to_end(tiny_dir, hmdb_root, tmp_path):
     out, preds, plots = tmp_path / "results.json", tmp_path / "preds.csv", tmp_path / "plots"
-    proc = xclip("eval", "--dataset", "hmdb51", "--root", hmdb_root, "--split", "all", "-m", tiny_dir,
-                 "--workers", "0", "-o", out, "--predictions", preds, "--plots", plots)
+    proc = xclip(
+        "eval",
+        "--dataset",
+        "hmdb51",
+        "--root",
+        hmdb_root,
+        "--split",
+        "all",
+        "-m",
+        tiny_dir,
+        "--workers",
+        "0",
+        "-o",
+        out,
+        "--predictions",
+        preds,
+        "--plots",
+        plots,
+    )
     assert proc.returncode == 1, proc.stderr  # some listed videos are missing or undecodable
     assert "Traceback" not in proc.stderr and "evaluated 4/4 videos" in proc.stderr
     assert "split1" in proc.stdout and "mean ± std" in proc.stdout
@@ -423,7 +476,8 @@ def test_hmdb_all_splits_end_to_end(tiny_dir, hmdb_root, tmp_path):
         scored = [r for r in mine if not r["error"]]
         assert sorted(split["missing"]) == sorted(r["path"] for r in mine if r["error"] == "missing")
         assert sorted(f["path"] for f in split["failed"]) == sorted(
-            r["path"] for r in mine if r["error"] and r["error"] != "missing")
+            r["path"] for r in mine if r["error"] and r["error"] != "missing"
+        )
         assert all("Broken" in f["path"] and f["error"] for f in split["failed"])
         counts = split["counts"]
         assert counts["listed"] == len(listed) == counts["scored"] + counts["missing"] + counts["failed"]
@@ -431,7 +485,10 @@ def test_hmdb_all_splits_end_to_end(tiny_dir, hmdb_root, tmp_path):
         # the accuracies are what the written predictions give by hand
         top1, top5, n = by_hand(scored, names)
         assert (split["metrics"]["top1"], split["metrics"]["top5"], split["metrics"]["videos"]) == (
-            pytest.approx(top1), pytest.approx(top5), n)
+            pytest.approx(top1),
+            pytest.approx(top5),
+            n,
+        )
         assert split["class_names"] == names and len(split["files"]) == 4
     # --split all: mean and sample standard deviation of the three splits
     for metric in ("top1", "top5", "mean_class"):
@@ -444,7 +501,8 @@ def test_hmdb_all_splits_end_to_end(tiny_dir, hmdb_root, tmp_path):
     assert results["model"]["source"] == str(tiny_dir) and results["model"]["precision"] == "fp32"
     assert results["versions"]["torch"] and results["versions"]["xclip-cli"]
     assert sorted(p.name for p in plots.iterdir()) == sorted(
-        f"split{k}_{kind}.png" for k in (1, 2, 3) for kind in ("confusion", "per_class_accuracy"))
+        f"split{k}_{kind}.png" for k in (1, 2, 3) for kind in ("confusion", "per_class_accuracy")
+    )
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots.iterdir())
 
 
@@ -469,8 +527,9 @@ def test_overlapping_splits_decode_each_video_once(tiny_dir, hmdb_root, monkeypa
 @needs_data
 def test_ucf_split_end_to_end(tiny_dir, ucf_root, tmp_path):
     preds = tmp_path / "p.csv"
-    code, out, err = invoke("eval", "-d", "ucf101", "--root", ucf_root, "-m", tiny_dir, "--workers", "0",
-                            "--predictions", preds)
+    code, out, err = invoke(
+        "eval", "-d", "ucf101", "--root", ucf_root, "-m", tiny_dir, "--workers", "0", "--predictions", preds
+    )
     assert code == 1, err
     assert "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi" in err and "split1" in out
     rows = read_predictions(preds)
@@ -486,8 +545,9 @@ def test_ucf_split_end_to_end(tiny_dir, ucf_root, tmp_path):
 @needs_data
 def test_kinetics_end_to_end_and_4x3_views_deterministic(tiny_dir, kinetics_root, tmp_path):
     out = tmp_path / "k.json"
-    code, _, err = invoke("eval", "-d", "kinetics400", "--root", kinetics_root, "-m", tiny_dir,
-                          "--workers", "0", "-o", out)
+    code, _, err = invoke(
+        "eval", "-d", "kinetics400", "--root", kinetics_root, "-m", tiny_dir, "--workers", "0", "-o", out
+    )
     assert code == 1, err
     results = json.loads(out.read_text())
     assert results["splits"][0]["counts"] == {"listed": 3, "found": 2, "missing": 1, "failed": 0, "scored": 2}

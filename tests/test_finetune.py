@@ -33,8 +33,17 @@ N_TRAIN, VAL_PAIRS = 128, 12
 #: prompts) a high one, so their factor is 100 instead of 10. Everything else is the default recipe:
 #: frozen text side, AdamW groups and decay, warmup + cosine, label smoothing, mixup/cutmix, TSN
 #: sampling and the official augmentation.
-LEARN = dict(epochs=8, batch_size=4, accum_steps=1, lr=5e-5, new_lr_mult=100.0, warmup_epochs=1, workers=2,
-             threads=1, seed=1)
+LEARN = dict(
+    epochs=8,
+    batch_size=4,
+    accum_steps=1,
+    lr=5e-5,
+    new_lr_mult=100.0,
+    warmup_epochs=1,
+    workers=2,
+    threads=1,
+    seed=1,
+)
 
 
 # -- synthetic clips ------------------------------------------------------------------------------------------
@@ -59,9 +68,32 @@ def write_clips(folder: Path, clips: list[np.ndarray]) -> list[Path]:
     """Each clip as its own AVI (MJPEG: every frame coded alone), all in one ffmpeg run (segment muxer)."""
     data = np.concatenate(clips)
     cmd = [
-        "ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{SIZE}x{SIZE}", "-r", "8",
-        "-i", "-", "-c:v", "mjpeg", "-q:v", "2", "-pix_fmt", "yuvj444p", "-f", "segment",
-        "-segment_frames", ",".join(str(FRAMES * i) for i in range(1, len(clips))), "-reset_timestamps", "1",
+        "ffmpeg",
+        "-v",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{SIZE}x{SIZE}",
+        "-r",
+        "8",
+        "-i",
+        "-",
+        "-c:v",
+        "mjpeg",
+        "-q:v",
+        "2",
+        "-pix_fmt",
+        "yuvj444p",
+        "-f",
+        "segment",
+        "-segment_frames",
+        ",".join(str(FRAMES * i) for i in range(1, len(clips))),
+        "-reset_timestamps",
+        "1",
         str(folder / "clip%04d.avi"),
     ]
     subprocess.run(cmd, input=data.tobytes(), check=True)
@@ -110,8 +142,13 @@ def init_model(folder: Path, seed: int = 0, without_temporal_embedding: bool = F
 
 
 def xclip(*args, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "xclip_cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "xclip_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
 
 
 def metrics(run: Path) -> list[dict]:
@@ -131,8 +168,13 @@ def learned(clips, tmp_path_factory):
 
     base = tmp_path_factory.mktemp("learned")
     start = time.perf_counter()
-    result = finetune(base / "run", data=str(clips / "train.csv"), val=str(clips / "val.csv"),
-                      model=str(init_model(base / "init", seed=1)), **LEARN)
+    result = finetune(
+        base / "run",
+        data=str(clips / "train.csv"),
+        val=str(clips / "val.csv"),
+        model=str(init_model(base / "init", seed=1)),
+        **LEARN,
+    )
     result.seconds = time.perf_counter() - start
     return result
 
@@ -152,7 +194,11 @@ def test_learns_the_order_of_frames(learned):
     assert config["config"]["lr"] == LEARN["lr"] and config["derived"]["steps_per_epoch"] == N_TRAIN // 4
     assert len((run / "train.csv").read_text().splitlines()) == N_TRAIN + 1
     for name in ("last", "best"):
-        assert {p.name for p in (run / name).iterdir()} == {"model.safetensors", "xclip_config.json", "state.pt"}
+        assert {p.name for p in (run / name).iterdir()} == {
+            "model.safetensors",
+            "xclip_config.json",
+            "state.pt",
+        }
     state = torch.load(run / "last" / "state.pt", weights_only=True)
     assert (state["epoch"], state["step"]) == (LEARN["epochs"], 0)
     # learning rates: warmup from 0 over epoch 1, then cosine; the new modules at 100x
@@ -166,9 +212,14 @@ def test_without_the_temporal_embedding_it_stays_at_chance(clips, tmp_path):
     from xclip_cli.training import finetune
 
     start = time.perf_counter()
-    result = finetune(tmp_path / "run", data=str(clips / "train.csv"), val=str(clips / "val.csv"),
-                      model=str(init_model(tmp_path / "init", seed=1, without_temporal_embedding=True)),
-                      freeze=["mit.positional_embedding"], **LEARN)
+    result = finetune(
+        tmp_path / "run",
+        data=str(clips / "train.csv"),
+        val=str(clips / "val.csv"),
+        model=str(init_model(tmp_path / "init", seed=1, without_temporal_embedding=True)),
+        freeze=["mit.positional_embedding"],
+        **LEARN,
+    )
     top1 = [m["val_top1"] for m in result.metrics]
     print(f"\ncontrol: val top-1 per epoch {top1} in {time.perf_counter() - start:.0f} s")
     assert max(top1) <= 60, top1
@@ -181,12 +232,24 @@ def test_finetuned_model_tags_with_the_reported_accuracy(learned, clips, tmp_pat
     run = learned.run_dir
     with open(run / "val.csv", newline="") as f:
         val = [(row["path"], row["label"]) for row in csv.DictReader(f)]
-    rows = list(tag([p for p, _ in val], labels_files=[run / "labels.csv"], model=str(run / "best"), workers=0))
+    rows = list(
+        tag([p for p, _ in val], labels_files=[run / "labels.csv"], model=str(run / "best"), workers=0)
+    )
     accuracy = 100 * np.mean([row["label"] == label for row, (_, label) in zip(rows, val)])
     assert accuracy == pytest.approx(learned.best["val_top1"])
 
-    proc = xclip("tag", *[p for p, _ in val[:4]], "--model", run / "best", "--labels", run / "labels.csv",
-                 "--format", "jsonl", "--workers", "0")
+    proc = xclip(
+        "tag",
+        *[p for p, _ in val[:4]],
+        "--model",
+        run / "best",
+        "--labels",
+        run / "labels.csv",
+        "--format",
+        "jsonl",
+        "--workers",
+        "0",
+    )
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(line)["label"] for line in proc.stdout.splitlines()] == [r["label"] for r in rows[:4]]
 
@@ -202,8 +265,18 @@ def test_finetuned_model_tags_with_the_reported_accuracy(learned, clips, tmp_pat
 
 # -- resume, torchrun ----------------------------------------------------------------------------------------
 #: 8 shots per class after a stratified tenth went to validation: 16 clips, 8 steps per epoch.
-SMALL = dict(shots=8, val_fraction=0.1, epochs=2, batch_size=2, accum_steps=1, lr=5e-5, new_lr_mult=100.0,
-             warmup_epochs=1, seed=3, threads=1)
+SMALL = dict(
+    shots=8,
+    val_fraction=0.1,
+    epochs=2,
+    batch_size=2,
+    accum_steps=1,
+    lr=5e-5,
+    new_lr_mult=100.0,
+    warmup_epochs=1,
+    seed=3,
+    threads=1,
+)
 
 
 def cli_args(options: dict) -> list[str]:
@@ -220,7 +293,9 @@ def small_reference(clips, tmp_path_factory):
 
     base = tmp_path_factory.mktemp("small")
     init = init_model(base / "init", seed=2)
-    return finetune(base / "reference", data=str(clips / "train.csv"), model=str(init), workers=1, **SMALL), init
+    return finetune(
+        base / "reference", data=str(clips / "train.csv"), model=str(init), workers=1, **SMALL
+    ), init
 
 
 def assert_same_run(run: Path, reference) -> None:
@@ -238,10 +313,26 @@ def assert_same_run(run: Path, reference) -> None:
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(clips, small_reference, tmp_path):
     reference, init = small_reference
     killed = tmp_path / "killed"
-    args = ["finetune", "--data", clips / "train.csv", "--model", init, "--output", killed, "--workers", "1",
-            "--save-every-steps", "1", *cli_args(SMALL)]
-    proc = subprocess.Popen([sys.executable, "-m", "xclip_cli", *map(str, args)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    args = [
+        "finetune",
+        "--data",
+        clips / "train.csv",
+        "--model",
+        init,
+        "--output",
+        killed,
+        "--workers",
+        "1",
+        "--save-every-steps",
+        "1",
+        *cli_args(SMALL),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xclip_cli", *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     config_file = killed / "last" / "xclip_config.json"
     deadline = time.monotonic() + 240
     try:
@@ -293,8 +384,20 @@ def test_ctrl_c_saves_last_exits_130_and_resumes_exactly(clips, small_reference,
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=press_ctrl_c, daemon=True).start()
-    args = ["finetune", "--data", clips / "train.csv", "--model", init, "--output", run, "--workers", "0",
-            "--save-every-steps", "1", *cli_args(SMALL)]
+    args = [
+        "finetune",
+        "--data",
+        clips / "train.csv",
+        "--model",
+        init,
+        "--output",
+        run,
+        "--workers",
+        "0",
+        "--save-every-steps",
+        "1",
+        *cli_args(SMALL),
+    ]
     result = CliRunner().invoke(app, list(map(str, args)))
     assert result.exit_code == 130, result.output
     assert "interrupted; saved" in result.output
@@ -314,9 +417,26 @@ def test_torchrun_two_processes_match_one(clips, tmp_path):
     init = init_model(tmp_path / "init", seed=2)
     options = {**SMALL, "batch_size": 4, "mixup": 0, "cutmix": 0}
     one = finetune(tmp_path / "one", data=str(clips / "train.csv"), model=str(init), workers=0, **options)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-           "xclip_cli", "finetune", "--data", str(clips / "train.csv"), "--model", str(init), "--output",
-           str(tmp_path / "two"), "--workers", "0", *cli_args(options)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "xclip_cli",
+        "finetune",
+        "--data",
+        str(clips / "train.csv"),
+        "--model",
+        str(init),
+        "--output",
+        str(tmp_path / "two"),
+        "--workers",
+        "0",
+        *cli_args(options),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = json.loads((tmp_path / "two" / "config.json").read_text())
@@ -331,8 +451,10 @@ def test_torchrun_two_processes_match_one(clips, tmp_path):
     trained = [k for k in want if not torch.equal(want[k], start[k])]
     moved = max(float((want[k] - start[k]).abs().max()) for k in trained)
     diff = torch.cat([(got[k] - want[k]).abs().flatten() for k in trained])
-    print(f"\ntorchrun 2 x 2 vs 1 x 4: weight differences max {float(diff.max()):.1e}, median "
-          f"{float(diff.median()):.1e} (largest training update {moved:.1e})")
+    print(
+        f"\ntorchrun 2 x 2 vs 1 x 4: weight differences max {float(diff.max()):.1e}, median "
+        f"{float(diff.median()):.1e} (largest training update {moved:.1e})"
+    )
     assert all(torch.equal(got[k], want[k]) for k in want if k not in trained)  # the frozen text side
     assert float(diff.max()) < 1e-3 < moved / 10 and float(diff.median()) < 1e-7
     for a, b in zip(metrics(tmp_path / "two"), one.metrics, strict=True):
@@ -354,34 +476,54 @@ def test_data_problems_are_listed_with_line_numbers_before_training(clips, tmp_p
     data = tmp_path / "clips.csv"
     data.write_text(
         "path,label,start,end\n"
-        f"{good},growing,,\n"          # 2: fine
-        "missing.avi,growing,,\n"      # 3: no such file
-        f"{good},,,\n"                 # 4: empty label
-        "empty.avi,shrinking,,\n"      # 5: empty file
-        f"{good},shrinking,2,1\n"      # 6: end before start
-        f"{good},shrinking,x,\n"       # 7: not a number
+        f"{good},growing,,\n"  # 2: fine
+        "missing.avi,growing,,\n"  # 3: no such file
+        f"{good},,,\n"  # 4: empty label
+        "empty.avi,shrinking,,\n"  # 5: empty file
+        f"{good},shrinking,2,1\n"  # 6: end before start
+        f"{good},shrinking,x,\n"  # 7: not a number
     )
     labels = tmp_path / "labels.txt"
     labels.write_text("growing\nshrinking\nspinning\n")
     result = invoke("--data", data, "--labels", labels, "--output", tmp_path / "run")
     assert result.exit_code == 2, result.output
-    for line, what in ((3, "file not found: missing.avi"), (4, "empty label"), (5, "empty file"),
-                       (6, "end (1 s) must be after start (2 s)"), (7, "start must be a number")):
+    for line, what in (
+        (3, "file not found: missing.avi"),
+        (4, "empty label"),
+        (5, "empty file"),
+        (6, "end (1 s) must be after start (2 s)"),
+        (7, "start must be a number"),
+    ):
         assert f"clips.csv:{line}: {what}" in result.output
     assert "clips.csv:2" not in result.output
     assert not (tmp_path / "run").exists()
 
     # rows fixed, the class without clips is reported
     data.write_text(f"path,label\n{good},growing\n{good},shrinking\n")
-    result = invoke("--data", data, "--labels", labels, "--output", tmp_path / "run", "--batch-size", "1",
-                    "--accum-steps", "1")
+    result = invoke(
+        "--data",
+        data,
+        "--labels",
+        labels,
+        "--output",
+        tmp_path / "run",
+        "--batch-size",
+        "1",
+        "--accum-steps",
+        "1",
+    )
     assert result.exit_code == 2 and "class 'spinning' has no training clips" in result.output
     # an unreadable CSV, a missing one; the header is optional (the grammar of eval -d csv)
-    for text, message in ((b"\xff\xfe\x00bad", "not UTF-8"), (b"a.avi,growing\n", "clips.csv:1: file not found: a.avi"),
-                          (b"a.avi\n", "clips.csv:1: expected 'path,label'")):
+    for text, message in (
+        (b"\xff\xfe\x00bad", "not UTF-8"),
+        (b"a.avi,growing\n", "clips.csv:1: file not found: a.avi"),
+        (b"a.avi\n", "clips.csv:1: expected 'path,label'"),
+    ):
         data.write_bytes(text)
         assert message in invoke("--data", data, "--output", tmp_path / "run").output
-    assert "clip list not found" in invoke("--data", tmp_path / "nope.csv", "--output", tmp_path / "run").output
+    assert (
+        "clip list not found" in invoke("--data", tmp_path / "nope.csv", "--output", tmp_path / "run").output
+    )
 
 
 def test_run_folder_is_never_overwritten_silently(clips, small_reference, tmp_path):
@@ -396,14 +538,18 @@ def test_run_folder_is_never_overwritten_silently(clips, small_reference, tmp_pa
     assert (other / "thesis.tex").read_text() == "keep me"
     result = invoke("--output", tmp_path / "nothing", "--resume")
     assert result.exit_code == 2 and "no run to resume" in result.output
-    result = invoke("--data", clips / "train.csv", "--model", tmp_path / "no-such-model", "--output", tmp_path / "r")
+    result = invoke(
+        "--data", clips / "train.csv", "--model", tmp_path / "no-such-model", "--output", tmp_path / "r"
+    )
     assert result.exit_code == 3 and not (tmp_path / "r").exists()
 
 
 def test_few_shot_and_stratified_validation_split(clips):
     from xclip_cli.training import FinetuneConfig, prepare_data
 
-    config = FinetuneConfig(data=str(clips / "train.csv"), shots=4, val_fraction=0.25, seed=7, batch_size=2, accum_steps=1)
+    config = FinetuneConfig(
+        data=str(clips / "train.csv"), shots=4, val_fraction=0.25, seed=7, batch_size=2, accum_steps=1
+    )
     data = prepare_data(config)
     assert data.classes == ["growing", "shrinking"]
     assert [c.label for c in data.train] == ["growing"] * 4 + ["shrinking"] * 4
@@ -436,10 +582,13 @@ def test_parameter_groups_follow_the_official_optimizer():
         assert group["lr"] == (1e-5 if key == "clip" else 1e-4)
         assert group["weight_decay"] == (0.001 if kind == "decay" else 0.0)
         for name in by_group[group["name"]]:
-            assert (key in name) if key != "clip" else not any(k in name for k in ("message_", "mit", "prompts"))
+            assert (
+                (key in name) if key != "clip" else not any(k in name for k in ("message_", "mit", "prompts"))
+            )
     no_decay = by_group["clip/no_decay"] | by_group["mit/no_decay"]
     assert {"visual.positional_embedding", "visual.class_embedding", "visual.conv1.weight"} - no_decay == {
-        "visual.conv1.weight"}
+        "visual.conv1.weight"
+    }
     assert "mit.positional_embedding" in no_decay and "visual.proj" in by_group["clip/decay"]
 
 
@@ -449,11 +598,20 @@ def test_learning_rate_schedule_is_timms_cosine_with_warmup():
 
     base, total, warmup = 8e-5, 300, 50
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=base)
-    scheduler = timm.CosineLRScheduler(optimizer, t_initial=total, lr_min=base / 100 * 0.1, warmup_lr_init=0,
-                                       warmup_t=warmup, cycle_limit=1, t_in_epochs=False)
+    scheduler = timm.CosineLRScheduler(
+        optimizer,
+        t_initial=total,
+        lr_min=base / 100 * 0.1,
+        warmup_lr_init=0,
+        warmup_t=warmup,
+        cycle_limit=1,
+        t_in_epochs=False,
+    )
     for step in range(total + 5):
         scheduler.step_update(step)
-        assert lr_at(step, base, base / 100 * 0.1, warmup, total) == pytest.approx(optimizer.param_groups[0]["lr"])
+        assert lr_at(step, base, base / 100 * 0.1, warmup, total) == pytest.approx(
+            optimizer.param_groups[0]["lr"]
+        )
 
 
 def test_cutmix_box_is_shared_by_all_frames_and_targets_mix():
@@ -535,7 +693,9 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         with torch.no_grad():
             text = model.encode_text(model.tokenize(list(CLASSES)))
         torch.manual_seed(5)  # drop-path draws are replayed by the recomputation
-        loss = soft_cross_entropy(Classifier(model, text)(frames_for(model.config)), soft_targets(torch.tensor([0, 1]), 2, 0.1))
+        loss = soft_cross_entropy(
+            Classifier(model, text)(frames_for(model.config)), soft_targets(torch.tensor([0, 1]), 2, 0.1)
+        )
         loss.backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
     for name, grad in grads[0].items():

@@ -25,8 +25,17 @@ import torch
 from test_finetune import CLASSES, init_model, metrics, render, write_clips, write_list
 
 #: 8 training clips (4 per class) and 4 validation clips: 2 epochs of 4 optimizer steps.
-RECIPE = dict(epochs=2, batch_size=2, accum_steps=1, lr=5e-5, new_lr_mult=100.0, warmup_epochs=1, seed=5,
-              threads=1, workers=0)
+RECIPE = dict(
+    epochs=2,
+    batch_size=2,
+    accum_steps=1,
+    lr=5e-5,
+    new_lr_mult=100.0,
+    warmup_epochs=1,
+    seed=5,
+    threads=1,
+    workers=0,
+)
 #: What an interrupted and resumed run must record exactly as an uninterrupted one.
 SAME = ("epoch", "step", "lr", "lr_new_modules", "val_top1", "val_top5", "val_clips", "val_failed", "best")
 
@@ -57,16 +66,27 @@ def reference(clips, tmp_path_factory):
     init = init_model(base / "init", seed=3)
     previous = os.umask(0o022)
     try:
-        result = finetune(base / "run", data=str(clips / "train.csv"), val=str(clips / "val.csv"), model=str(init),
-                          **RECIPE)
+        result = finetune(
+            base / "run", data=str(clips / "train.csv"), val=str(clips / "val.csv"), model=str(init), **RECIPE
+        )
     finally:
         os.umask(previous)
     return result, init
 
 
 def start_args(clips: Path, init: Path, run: Path, **extra) -> list[str]:
-    return ["finetune", "--data", clips / "train.csv", "--val", clips / "val.csv", "--model", init, "--output", run,
-            *cli_args({**RECIPE, **extra})]
+    return [
+        "finetune",
+        "--data",
+        clips / "train.csv",
+        "--val",
+        clips / "val.csv",
+        "--model",
+        init,
+        "--output",
+        run,
+        *cli_args({**RECIPE, **extra}),
+    ]
 
 
 def invoke(*args, env: dict | None = None):
@@ -116,16 +136,25 @@ def test_a_locked_run_folder_is_refused_and_left_untouched(clips, reference, tmp
     with FileLock(run, what="run folder"), FileLock(empty, what="run folder"):
         before = snapshot(run)
         # a new run in another process: the real entry point, one line on stderr
-        proc = subprocess.run([sys.executable, "-m", "xclip_cli", *map(str, start_args(clips, init, empty))],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "xclip_cli", *map(str, start_args(clips, init, empty))],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("xclip: error: ") and str(empty) in lines[0], proc.stderr
+        assert len(lines) == 1 and lines[0].startswith("xclip: error: ") and str(empty) in lines[0], (
+            proc.stderr
+        )
         assert "in use by another xclip process" in lines[0]
         assert [p.name for p in empty.iterdir()] == [".lock"]
         # --resume, --overwrite and a fresh start on a run folder in use
-        for args in (["finetune", "--output", run, "--resume"], [*start_args(clips, init, run), "--overwrite"],
-                     start_args(clips, init, run)):
+        for args in (
+            ["finetune", "--output", run, "--resume"],
+            [*start_args(clips, init, run), "--overwrite"],
+            start_args(clips, init, run),
+        ):
             line = one_error_line(invoke(*args), 2)
             assert str(run) in line and "in use by another xclip process" in line
         assert snapshot(run) == before
@@ -156,8 +185,13 @@ def test_a_sigkilled_run_leaves_a_folder_that_resume_takes(clips, reference, tmp
         main()
     """)
     args = start_args(clips, init, run, save_every_steps=1, workers=1)
-    proc = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *map(str, args)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "saved", proc.stderr.read()
         with pytest.raises(Exception, match="in use by another xclip process"):
@@ -228,12 +262,23 @@ if not torch.cuda.is_available():
     BAD_OPTIONS.append((["--device", "cuda"], None, "CUDA is not available"))
 
 
-@pytest.mark.parametrize(("args", "env", "named"), BAD_OPTIONS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+@pytest.mark.parametrize(
+    ("args", "env", "named"), BAD_OPTIONS, ids=lambda v: " ".join(v) if isinstance(v, list) else None
+)
 def test_bad_option_values_are_one_usage_line_before_the_model_loads(clips, tmp_path, args, env, named):
     run = tmp_path / "run"
     # --model names nothing: loading it would be exit 3; the option's usage error comes first (exit 2)
-    result = invoke("finetune", "--data", clips / "train.csv", "--model", tmp_path / "no-such-model",
-                    "--output", run, *args, env=env)
+    result = invoke(
+        "finetune",
+        "--data",
+        clips / "train.csv",
+        "--model",
+        tmp_path / "no-such-model",
+        "--output",
+        run,
+        *args,
+        env=env,
+    )
     assert named in one_error_line(result, 2)
     assert not run.exists()
 
@@ -242,9 +287,16 @@ def test_the_python_api_refuses_the_same_values(clips, tmp_path):
     from xclip_cli.errors import UsageError
     from xclip_cli.training import FinetuneConfig, finetune
 
-    with pytest.raises(UsageError, match=r"--frames must be from 1 to 64, got 100; --lr must be a finite number, got nan"):
-        finetune(tmp_path / "run", data=str(clips / "train.csv"), model=str(tmp_path / "none"), lr=float("nan"),
-                 frames=100)
+    with pytest.raises(
+        UsageError, match=r"--frames must be from 1 to 64, got 100; --lr must be a finite number, got nan"
+    ):
+        finetune(
+            tmp_path / "run",
+            data=str(clips / "train.csv"),
+            model=str(tmp_path / "none"),
+            lr=float("nan"),
+            frames=100,
+        )
     assert not (tmp_path / "run").exists()
     with pytest.raises(UsageError, match="--epochs must be a whole number"):
         FinetuneConfig(epochs=2.5).validate()
@@ -309,7 +361,14 @@ def test_a_full_disk_while_saving_is_one_line_and_loses_nothing(clips, reference
     assert snapshot(run / "last") == saved["last"] and snapshot(run / "best") == saved["best"]
     assert snapshot_file(run) == saved["metrics"] and len(metrics(run)) == 1
     assert sorted(p.name for p in run.iterdir() if p.name != "curves.png") == [
-        "best", "config.json", "labels.csv", "last", "metrics.jsonl", "train.csv", "val.csv"]  # no temporary left
+        "best",
+        "config.json",
+        "labels.csv",
+        "last",
+        "metrics.jsonl",
+        "train.csv",
+        "val.csv",
+    ]  # no temporary left
 
     monkeypatch.setattr(xclip_cli.model, "save_model", real_save)  # space again: the run continues
     resumed = invoke("finetune", "--output", run, "--resume")
@@ -323,7 +382,9 @@ def snapshot_file(run: Path) -> str:
 
 # -- 4. Ctrl-C / SIGTERM during validation is never recorded ------------------------------------------------------
 @pytest.mark.parametrize("how", ["keyboard-interrupt-epoch-1", "signal-epoch-2"])
-def test_an_interrupted_validation_is_not_recorded_and_resume_matches(clips, reference, tmp_path, monkeypatch, how):
+def test_an_interrupted_validation_is_not_recorded_and_resume_matches(
+    clips, reference, tmp_path, monkeypatch, how
+):
     """Half-way through a validation: a KeyboardInterrupt raised in it (second Ctrl-C, no handler), or a
     SIGINT that sets the stop flag while the next clip fails (the signal killed its decoder)."""
     import xclip_cli.tagging
@@ -351,8 +412,14 @@ def test_an_interrupted_validation_is_not_recorded_and_resume_matches(clips, ref
 
     monkeypatch.setattr(xclip_cli.tagging.TagRun, "results", tag_results)
     try:
-        finetune(run, data=str(clips / "train.csv"), val=str(clips / "val.csv"), model=str(init),
-                 handle_signals=how.startswith("signal"), **RECIPE)
+        finetune(
+            run,
+            data=str(clips / "train.csv"),
+            val=str(clips / "val.csv"),
+            model=str(init),
+            handle_signals=how.startswith("signal"),
+            **RECIPE,
+        )
     except TrainingInterrupted:
         pass
     except KeyboardInterrupt:  # not left to pytest: it would end the whole session
@@ -362,7 +429,9 @@ def test_an_interrupted_validation_is_not_recorded_and_resume_matches(clips, ref
     assert calls == [4] * interrupted_epoch
     recorded = metrics(run) if (run / "metrics.jsonl").exists() else []
     assert len(recorded) == interrupted_epoch - 1  # nothing of the interrupted validation
-    assert [{k: r[k] for k in SAME} for r in recorded] == [{k: r[k] for k in SAME} for r in result.metrics[:len(recorded)]]
+    assert [{k: r[k] for k in SAME} for r in recorded] == [
+        {k: r[k] for k in SAME} for r in result.metrics[: len(recorded)]
+    ]
     state = torch.load(run / "last" / "state.pt", weights_only=True)
     assert (state["epoch"], state["step"]) == (interrupted_epoch - 1, 4)  # the epoch's training is done
     assert len(state["metrics"]) == interrupted_epoch - 1
@@ -378,8 +447,11 @@ def test_run_folder_files_get_the_users_umask(reference):
     result, _ = reference
     run = result.run_dir
     found = {str(p.relative_to(run)): stat.S_IMODE(p.stat().st_mode) for p in [run, *run.rglob("*")]}
-    assert {"last/model.safetensors", "best/state.pt", "metrics.jsonl", "curves.png", "config.json"} <= set(found)
-    wrong = {name: oct(mode) for name, mode in found.items()
-             if mode != (0o755 if (run / name).is_dir() else 0o644)}
+    assert {"last/model.safetensors", "best/state.pt", "metrics.jsonl", "curves.png", "config.json"} <= set(
+        found
+    )
+    wrong = {
+        name: oct(mode) for name, mode in found.items() if mode != (0o755 if (run / name).is_dir() else 0o644)
+    }
     assert not wrong
     assert not any(name.startswith(".") for name in os.listdir(run))  # no lock, no temporary left

@@ -25,7 +25,9 @@ def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """A scratch venv with the wheel installed, its dependencies borrowed from this venv; its python."""
-    pytest.importorskip("setuptools", reason="building the wheel offline needs setuptools (the test extra has it)")
+    pytest.importorskip(
+        "setuptools", reason="building the wheel offline needs setuptools (the test extra has it)"
+    )
     tmp = tmp_path_factory.mktemp("install")
     # Build from a copy, so the build writes nothing (build/, egg-info) into the checkout.
     source = tmp / "src"
@@ -35,7 +37,19 @@ def installed(tmp_path_factory) -> Path:
     shutil.copytree(ROOT / "xclip_cli", source / "xclip_cli", ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp / "wheels"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
-    _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(wheels), str(source)])
+    _run(
+        [
+            *pip,
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(wheels),
+            str(source),
+        ]
+    )
     (wheel,) = wheels.glob("xclip_cli-*.whl")
 
     venv = tmp / "venv"
@@ -44,7 +58,9 @@ def installed(tmp_path_factory) -> Path:
     # Install first, then expose this venv's packages: pip must not see (or touch) this venv's own
     # editable xclip-cli.
     _run([*pip, "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel)])
-    site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
+    site = Path(
+        _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    )
     ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (site / "_deps_from_test_venv.pth").write_text("".join(f"{p}\n" for p in sorted(ours)))
     return python
@@ -59,8 +75,12 @@ def _env(tmp_path: Path) -> dict[str, str]:
 @pytest.mark.install
 def test_wheel_install_lists_the_registry_from_outside_the_checkout(installed, tmp_path):
     env, cwd = _env(tmp_path), tmp_path
-    where = _run([str(installed), "-c", "import xclip_cli; print(xclip_cli.__file__)"], env=env, cwd=cwd).stdout
-    assert Path(where.strip()).is_relative_to(installed.parents[1]), where  # the wheel's copy, not the checkout
+    where = _run(
+        [str(installed), "-c", "import xclip_cli; print(xclip_cli.__file__)"], env=env, cwd=cwd
+    ).stdout
+    assert Path(where.strip()).is_relative_to(installed.parents[1]), (
+        where
+    )  # the wheel's copy, not the checkout
 
     xclip = str(installed.parent / "xclip")
     rows = json.loads(_run([xclip, "models", "--format", "json"], env=env, cwd=cwd).stdout)
@@ -74,15 +94,23 @@ def test_wheel_install_lists_the_registry_from_outside_the_checkout(installed, t
 def test_quick_start_without_network_fails_fast_with_one_message(tmp_path):
     # No HF_HUB_OFFLINE: the hub endpoint is a closed local port, as on a machine without network.
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
-    env.update(HF_ENDPOINT="http://127.0.0.1:9", XCLIP_WEIGHTS=str(tmp_path / "w"), HF_HOME=str(tmp_path / "hf"))
+    env.update(
+        HF_ENDPOINT="http://127.0.0.1:9", XCLIP_WEIGHTS=str(tmp_path / "w"), HF_HOME=str(tmp_path / "hf")
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "xclip_cli", "tag", "examples/", "--labels", "examples/labels.txt"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 3, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("xclip: error:")]
     assert len(errors) == 1, proc.stderr
-    assert f"{tmp_path / 'w' / 'xclip-b32-k400'}/" in errors[0] and "microsoft/xclip-base-patch32" in errors[0]
+    assert (
+        f"{tmp_path / 'w' / 'xclip-b32-k400'}/" in errors[0] and "microsoft/xclip-base-patch32" in errors[0]
+    )
     assert "cannot reach http://127.0.0.1:9" in errors[0]
     assert "<name>" not in proc.stderr and "Retry" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # nothing else: no retries, no repeats

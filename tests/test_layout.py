@@ -76,13 +76,20 @@ def _imports(*, top_level: bool) -> dict[str, set[str]]:
     graph = {}
     for name, path in MODULES.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-        graph[name] = set().union(*(_targets(name, n) for n in _runtime_nodes(tree, top_level=top_level))) - {name}
+        graph[name] = set().union(*(_targets(name, n) for n in _runtime_nodes(tree, top_level=top_level))) - {
+            name
+        }
     return graph
 
 
 def test_the_walk_sees_the_package():
-    assert {"xclip_cli.cli", "xclip_cli.cli.common", "xclip_cli.cli.tag", "xclip_cli.video", "xclip_cli.model"} \
-        <= set(MODULES)
+    assert {
+        "xclip_cli.cli",
+        "xclip_cli.cli.common",
+        "xclip_cli.cli.tag",
+        "xclip_cli.video",
+        "xclip_cli.model",
+    } <= set(MODULES)
     graph = _imports(top_level=True)
     assert "xclip_cli.cli.common" in graph["xclip_cli.cli.tag"]  # a relative import, resolved
     assert "xclip_cli.cli.tag" in graph["xclip_cli.cli"]  # `from . import tag` names the submodule
@@ -96,7 +103,7 @@ def test_no_import_cycle_at_module_level():
         state[module] = 1
         for target in sorted(graph[module]):
             if state.get(target) == 1:
-                cycles.append(" -> ".join([*path[path.index(target):], target]))
+                cycles.append(" -> ".join([*path[path.index(target) :], target]))
             elif target not in state:
                 visit(target, [*path, target])
         state[module] = 2
@@ -115,7 +122,9 @@ def test_nothing_outside_the_cli_imports_it():
     offenders = {
         module: sorted(t for t in targets if t == "xclip_cli.cli" or t.startswith("xclip_cli.cli."))
         for module, targets in _imports(top_level=False).items()
-        if module != "xclip_cli.cli" and not module.startswith("xclip_cli.cli.") and module != "xclip_cli.__main__"
+        if module != "xclip_cli.cli"
+        and not module.startswith("xclip_cli.cli.")
+        and module != "xclip_cli.__main__"
     }
     assert not {m: t for m, t in offenders.items() if t}
 

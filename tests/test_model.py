@@ -115,8 +115,14 @@ def test_tokenizer_matches_open_clip():
     import open_clip
 
     model = tiny_model()
-    texts = ["ride a bike", "Café au lait", "跳舞", "naïve résumé — emoji 🎸", "x" * 0 + "dancing",
-             " ".join(["word"] * 120)]
+    texts = [
+        "ride a bike",
+        "Café au lait",
+        "跳舞",
+        "naïve résumé — emoji 🎸",
+        "x" * 0 + "dancing",
+        " ".join(["word"] * 120),
+    ]
     ids = model.tokenize(texts)
     reference = open_clip.get_tokenizer("ViT-B-32")(texts)
     assert ids.dtype == torch.long and ids.shape == (len(texts), 77)
@@ -208,7 +214,9 @@ def test_registry_name_resolves_to_local_copy(tmp_path, monkeypatch):
     monkeypatch.setenv("XCLIP_WEIGHTS", str(tmp_path))
     save_official(model, tmp_path / "k400_32_8.pth")
     loaded = load_model("xclip-b32-k400")
-    assert torch.equal(loaded.state_dict()["mit.positional_embedding"], model.state_dict()["mit.positional_embedding"])
+    assert torch.equal(
+        loaded.state_dict()["mit.positional_embedding"], model.state_dict()["mit.positional_embedding"]
+    )
     assert loaded.source == "xclip-b32-k400"
 
 
@@ -243,7 +251,9 @@ def test_open_clip_backbone_gets_official_init(tmp_path):
     assert torch.allclose(sd["prompts_generator.alpha"], torch.full((TINY.embed_dim,), 0.1))
     assert abs(sd["prompts_visual_proj"].std().item() - 1.0) < 0.1  # official: randn, std 1
     assert abs(sd["mit.positional_embedding"].std().item() - 0.02) < 0.003  # trunc_normal(std=0.02)
-    assert torch.equal(sd["mit.resblocks.0.mlp.c_fc.bias"], torch.zeros_like(sd["mit.resblocks.0.mlp.c_fc.bias"]))
+    assert torch.equal(
+        sd["mit.resblocks.0.mlp.c_fc.bias"], torch.zeros_like(sd["mit.resblocks.0.mlp.c_fc.bias"])
+    )
 
 
 def test_open_clip_random_backbone_and_offline_tag():

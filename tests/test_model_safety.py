@@ -30,7 +30,9 @@ DROPPED = ("input_resolution", "context_length", "vocab_size")
 
 @pytest.fixture(autouse=True)
 def _quiet_jit():
-    with warnings.catch_warnings():  # torch.jit.* are deprecated in torch 2.x; the archives they write are not
+    with (
+        warnings.catch_warnings()
+    ):  # torch.jit.* are deprecated in torch 2.x; the archives they write are not
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -89,7 +91,10 @@ def test_torchscript_custom_state_refused_even_without_its_code(tmp_path):
         for item in src.infolist():
             if "/code/" not in item.filename:
                 dst.writestr(item, src.read(item))
-    with pytest.raises(WeightsError, match=r"refusing to load: its class .*_FileWritingSetstate is restored by its own __setstate__"):
+    with pytest.raises(
+        WeightsError,
+        match=r"refusing to load: its class .*_FileWritingSetstate is restored by its own __setstate__",
+    ):
         load_model(stripped)
     assert not marker.exists()
 
@@ -98,7 +103,10 @@ def test_torchscript_setstate_payload_refused_by_cli(tmp_path):
     archive, marker = _setstate_payload(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", "xclip_cli", "tag", str(VIDEO), "--label", "x", "--model", str(archive)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert proc.returncode == 3, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -121,9 +129,13 @@ def test_torchscript_archive_with_foreign_global_refused(tmp_path, monkeypatch):
     bad = tmp_path / "bad.pt"
     with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
         for item in src.infolist():
-            data = pickle.dumps(_Evil(), protocol=2) if item.filename.endswith("/data.pkl") else src.read(item)
+            data = (
+                pickle.dumps(_Evil(), protocol=2) if item.filename.endswith("/data.pkl") else src.read(item)
+            )
             dst.writestr(item, data)
-    with pytest.raises(WeightsError, match=r"refusing to load: .*names the global (posix|os)\.system, .*would run code"):
+    with pytest.raises(
+        WeightsError, match=r"refusing to load: .*names the global (posix|os)\.system, .*would run code"
+    ):
         load_model(bad)
     assert not (tmp_path / "pwned_by_pickle").exists()
 
@@ -243,9 +255,15 @@ def test_open_clip_tag_prefers_safetensors_and_reads_them_ourselves(tmp_path, mo
 
     clip = randomize(build_clip(TINY), seed=23)
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(tmp_path / "w.safetensors"))
-    torch.save({"state_dict": {k: torch.zeros_like(v) for k, v in clip.state_dict().items()}}, tmp_path / "w.bin")
+    torch.save(
+        {"state_dict": {k: torch.zeros_like(v) for k, v in clip.state_dict().items()}}, tmp_path / "w.bin"
+    )
     asked = _hub_serves(
-        monkeypatch, {"open_clip_model.safetensors": tmp_path / "w.safetensors", "open_clip_pytorch_model.bin": tmp_path / "w.bin"}
+        monkeypatch,
+        {
+            "open_clip_model.safetensors": tmp_path / "w.safetensors",
+            "open_clip_pytorch_model.bin": tmp_path / "w.bin",
+        },
     )
     _no_unsafe_loaders(monkeypatch)
     model = load_model("ViT-B-32:openai")
@@ -274,7 +292,9 @@ def test_open_clip_tag_from_openai_url_reads_torchscript_safely(tmp_path, monkey
     archive, marker = _setstate_payload(tmp_path)
     monkeypatch.setattr(open_clip.pretrained, "has_hf_hub", lambda necessary=False: False)
     served = {"file": path}
-    monkeypatch.setattr(open_clip.pretrained, "download_pretrained_from_url", lambda url, cache_dir=None: str(served["file"]))
+    monkeypatch.setattr(
+        open_clip.pretrained, "download_pretrained_from_url", lambda url, cache_dir=None: str(served["file"])
+    )
     _no_unsafe_loaders(monkeypatch)
     model = load_model("ViT-B-32:openai")
     assert torch.equal(model.state_dict()["visual.conv1.weight"], weights["visual.conv1.weight"])
@@ -340,11 +360,25 @@ def test_bad_config_field_is_a_weights_error_naming_it(tmp_path, changes, field)
 )
 def test_bad_transformers_config_names_its_field(tmp_path, section, key, value, field):
     cfg = {
-        "model_type": "xclip", "projection_dim": 64,
-        "text_config": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 1},
-        "vision_config": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 2,
-                          "image_size": 32, "patch_size": 16, "num_frames": 8, "mit_hidden_size": 64,
-                          "mit_num_attention_heads": 1},
+        "model_type": "xclip",
+        "projection_dim": 64,
+        "text_config": {
+            "hidden_size": 64,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 1,
+        },
+        "vision_config": {
+            "hidden_size": 128,
+            "intermediate_size": 512,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 16,
+            "num_frames": 8,
+            "mit_hidden_size": 64,
+            "mit_num_attention_heads": 1,
+        },
         "prompt_num_attention_heads": 1,
     }
     cfg[section][key] = value
@@ -361,13 +395,18 @@ def test_weights_of_another_size_name_the_parameter(tmp_path):
     doc = json.loads((tmp_path / "m" / "xclip_config.json").read_text())
     doc["config"]["frames"] = 16
     (tmp_path / "m" / "xclip_config.json").write_text(json.dumps(doc))
-    with pytest.raises(WeightsError, match=r"mit\.positional_embedding is \[1, 8, 64\] in the checkpoint, the architecture needs \[1, 16, 64\]"):
+    with pytest.raises(
+        WeightsError,
+        match=r"mit\.positional_embedding is \[1, 8, 64\] in the checkpoint, the architecture needs \[1, 16, 64\]",
+    ):
         load_model(tmp_path / "m")
     # a CLIP state dict with one tensor of the wrong size
     state = build_clip(TINY).state_dict()
     state["ln_final.bias"] = torch.zeros(65)
     torch.save(state, tmp_path / "clip.pt")
-    with pytest.raises(WeightsError, match=r"ln_final\.bias is \[65\] in the checkpoint, the architecture needs \[64\]") as info:
+    with pytest.raises(
+        WeightsError, match=r"ln_final\.bias is \[65\] in the checkpoint, the architecture needs \[64\]"
+    ) as info:
         load_model(tmp_path / "clip.pt")
     assert info.value.exit_code == 3
 
@@ -383,11 +422,14 @@ def test_random_backbone_is_seeded_without_touching_the_global_rng(tiny_backbone
     assert not torch.equal(a["visual.conv1.weight"], c["visual.conv1.weight"])
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"precision": "fp64"}, "unknown precision 'fp64'"),
-    ({"frames": 0}, "frames must be"),
-    ({"frames": 100000}, "frames must be"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"precision": "fp64"}, "unknown precision 'fp64'"),
+        ({"frames": 0}, "frames must be"),
+        ({"frames": 100000}, "frames must be"),
+    ],
+)
 def test_bad_option_value_is_a_usage_error(tiny_dir, kwargs, match):
     with pytest.raises(UsageError, match=match) as info:
         load_model(tiny_dir, **kwargs)
@@ -406,8 +448,10 @@ def test_saved_model_files_get_the_umask_mode(tmp_path, mask, mode):
     assert files == ["model.safetensors", "xclip_config.json"]  # no temporary files left
     for name in files:
         assert stat.S_IMODE((tmp_path / "m" / name).stat().st_mode) == mode, name
-    assert torch.equal(load_model(tmp_path / "m").state_dict()["prompts_visual_proj"],
-                       tiny_model(seed=1).state_dict()["prompts_visual_proj"])
+    assert torch.equal(
+        load_model(tmp_path / "m").state_dict()["prompts_visual_proj"],
+        tiny_model(seed=1).state_dict()["prompts_visual_proj"],
+    )
 
 
 def test_long_label_cut_warns_once_naming_it(caplog):

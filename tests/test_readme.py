@@ -99,16 +99,33 @@ def run_snippet(code: str, namespace: dict | None = None, **replace: str) -> str
 
 def xclip(*args, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "XCLIP_WEIGHTS": str(cwd / "weights")}
-    return subprocess.run([sys.executable, "-m", "xclip_cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, cwd=cwd, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "xclip_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env=env,
+    )
 
 
 def test_python_api_snippet_runs_and_tags_as_the_command_does(inside):
     code = snippet("from xclip_cli import load_model, tag")
     frames = torch.randn(2, TINY.frames, 3, TINY.image_size, TINY.image_size)
     printed = run_snippet(code, {"frames": frames})
-    proc = xclip("tag", "clips/", "--label", "ride a bike", "--label", "swim", "--views", "4x3", "-f", "jsonl",
-                 cwd=inside)
+    proc = xclip(
+        "tag",
+        "clips/",
+        "--label",
+        "ride a bike",
+        "--label",
+        "swim",
+        "--views",
+        "4x3",
+        "-f",
+        "jsonl",
+        cwd=inside,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(rows) == len(CLIPS)
@@ -118,10 +135,26 @@ def test_python_api_snippet_runs_and_tags_as_the_command_does(inside):
 
 def test_eval_snippet_runs_and_matches_the_command(inside):
     code = snippet("from xclip_cli.evaluation import evaluate")
-    printed = run_snippet(code, **{'"/data/hmdb51"': '"hmdb51"', '"/data/UCF-101"': '"UCF-101"',
-                                   'device="cuda"': 'device="cpu"'})
-    proc = xclip("eval", "-d", "hmdb51", "--root", "hmdb51", "--split", "all", "-m", "xclip-b16-zero-shot",
-                 "--device", "cpu", "-o", "cli.json", cwd=inside)
+    printed = run_snippet(
+        code,
+        **{'"/data/hmdb51"': '"hmdb51"', '"/data/UCF-101"': '"UCF-101"', 'device="cuda"': 'device="cpu"'},
+    )
+    proc = xclip(
+        "eval",
+        "-d",
+        "hmdb51",
+        "--root",
+        "hmdb51",
+        "--split",
+        "all",
+        "-m",
+        "xclip-b16-zero-shot",
+        "--device",
+        "cpu",
+        "-o",
+        "cli.json",
+        cwd=inside,
+    )
     assert proc.returncode == 0, proc.stderr
     ours = json.loads((inside / "hmdb51.json").read_text())
     theirs = json.loads((inside / "cli.json").read_text())

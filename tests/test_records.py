@@ -22,13 +22,17 @@ def test_header_is_optional_and_columns_follow_it(tmp_path):
 
 
 def test_every_problem_is_listed_with_file_and_line(tmp_path):
-    (tmp_path / "bad.csv").write_text("path,label,start,end\n,swim,,\na.mp4,,,\na.mp4,swim,x,\na.mp4,swim,3,2\n"
-                                      "a.mp4,swim,-1,\n")
+    (tmp_path / "bad.csv").write_text(
+        "path,label,start,end\n,swim,,\na.mp4,,,\na.mp4,swim,x,\na.mp4,swim,3,2\na.mp4,swim,-1,\n"
+    )
     records, problems = read_clip_list(tmp_path / "bad.csv")
     f = tmp_path / "bad.csv"
     assert records == [] and problems == [
-        f"{f}:2: empty path", f"{f}:3: empty label", f"{f}:4: start must be a number of seconds, got 'x'",
-        f"{f}:5: end (2 s) must be after start (3 s)", f"{f}:6: start must be a non-negative number of seconds, got '-1'",
+        f"{f}:2: empty path",
+        f"{f}:3: empty label",
+        f"{f}:4: start must be a number of seconds, got 'x'",
+        f"{f}:5: end (2 s) must be after start (3 s)",
+        f"{f}:6: start must be a non-negative number of seconds, got '-1'",
     ]
     (tmp_path / "short.csv").write_text("a.mp4\na.mp4,swim,1,2,3\n")
     assert read_clip_list(tmp_path / "short.csv")[1] == [
@@ -57,7 +61,9 @@ def test_eval_csv_reads_the_same_grammar(tmp_path):
     assert split.records == [Record("a.mp4", 1, 2.0, 5.0)] and split.missing == ["b.mp4"]
     assert split.videos() == [VideoRecord(str(tmp_path / "a.mp4"), "swim", 2.0, 5.0)]
     (tmp_path / "bad.csv").write_text("a.mp4,swim,x\n,run\n")
-    with pytest.raises(DatasetError, match=r"(?s)2 problems in .*bad.csv:1: start must be a number.*bad.csv:2: empty path"):
+    with pytest.raises(
+        DatasetError, match=r"(?s)2 problems in .*bad.csv:1: start must be a number.*bad.csv:2: empty path"
+    ):
         csv_dataset(tmp_path / "bad.csv")
 
 

@@ -23,7 +23,11 @@ OTHER = EXAMPLES / "v_SoccerJuggling_g23_c01.avi"
 
 def xclip(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "xclip_cli", *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw
+        [sys.executable, "-m", "xclip_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
     )
 
 
@@ -77,15 +81,18 @@ BAD_OPTIONS = [
 @pytest.mark.parametrize(("extra", "message"), BAD_OPTIONS, ids=[" ".join(e) for e, _ in BAD_OPTIONS])
 def test_bad_option_values_are_one_line_before_the_model_loads(tmp_path, extra, message):
     # The model does not exist: were it loaded first, the exit code would be 3.
-    code, _, stderr = invoke("tag", CLIP, "--label", "x", "-m", tmp_path / "missing.pt", "-o",
-                             tmp_path / "r.jsonl", *extra)
+    code, _, stderr = invoke(
+        "tag", CLIP, "--label", "x", "-m", tmp_path / "missing.pt", "-o", tmp_path / "r.jsonl", *extra
+    )
     assert code == 2, stderr
     assert message in one_error_line(stderr)
     assert not (tmp_path / "r.jsonl").exists()
 
 
 def test_bad_device_from_the_environment_is_a_usage_error(tmp_path):
-    code, _, stderr = invoke("tag", CLIP, "--label", "x", "-m", tmp_path / "missing.pt", env={"XCLIP_DEVICE": "gpu"})
+    code, _, stderr = invoke(
+        "tag", CLIP, "--label", "x", "-m", tmp_path / "missing.pt", env={"XCLIP_DEVICE": "gpu"}
+    )
     assert code == 2 and "unknown device 'gpu'" in one_error_line(stderr)
 
 
@@ -200,13 +207,16 @@ def test_resume_from_another_folder_skips_what_is_done(tiny_dir, tmp_path):
     proc = xclip("tag", "lib", "--label", "x", "-m", tiny_dir, "-o", out, "--workers", "0", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     first = out.read_text()
-    proc = xclip("-v", "tag", lib, "--label", "x", "-m", tiny_dir, "-o", out, "--resume", "--workers", "0",
-                 cwd=REPO)
+    proc = xclip(
+        "-v", "tag", lib, "--label", "x", "-m", tiny_dir, "-o", out, "--resume", "--workers", "0", cwd=REPO
+    )
     assert proc.returncode == 0, proc.stderr
     assert "resuming: 2 of 2 inputs already" in proc.stderr
     assert out.read_text() == first  # nothing re-tagged, nothing written twice
     # another vocabulary under --resume is allowed, and said
-    proc = xclip("tag", lib, "--label", "y", "-m", tiny_dir, "-o", out, "--resume", "--workers", "0", cwd=REPO)
+    proc = xclip(
+        "tag", lib, "--label", "y", "-m", tiny_dir, "-o", out, "--resume", "--workers", "0", cwd=REPO
+    )
     assert proc.returncode == 0 and "it will hold two runs" in proc.stderr
 
 
@@ -215,8 +225,20 @@ def test_fifo_input_with_cache_does_not_block(tiny_dir, tmp_path):
     fifo = tmp_path / "pipe.mp4"
     os.mkfifo(fifo)
     # A guard, not a timing assertion: the old code blocked forever in open() of the FIFO.
-    proc = xclip("tag", fifo, CLIP, "--label", "x", "-m", tiny_dir, "--cache", tmp_path / "cache",
-                 "--workers", "0", timeout=240)
+    proc = xclip(
+        "tag",
+        fifo,
+        CLIP,
+        "--label",
+        "x",
+        "-m",
+        tiny_dir,
+        "--cache",
+        tmp_path / "cache",
+        "--workers",
+        "0",
+        timeout=240,
+    )
     rows = {Path(r["path"]).name: r for r in jsonl(proc.stdout)}
     assert proc.returncode == 1, proc.stderr
     assert "not a regular file" in rows["pipe.mp4"]["error"]
@@ -265,8 +287,11 @@ def test_cache_entry_with_wrong_shapes_is_ignored_and_replaced(tiny_dir, tmp_pat
     cache = tmp_path / "c"
     first = list(tag([CLIP], labels=["x", "y"], model=str(tiny_dir), cache=cache, workers=0))
     [entry] = list(cache.rglob("*.safetensors"))
-    save_file({"embedding": torch.zeros(1, 7), "prompt_tokens": torch.zeros(1, 2, 7)}, str(entry),
-              metadata={"clips": json.dumps([{"start": None, "end": None, "duration": 1.0}])})
+    save_file(
+        {"embedding": torch.zeros(1, 7), "prompt_tokens": torch.zeros(1, 2, 7)},
+        str(entry),
+        metadata={"clips": json.dumps([{"start": None, "end": None, "duration": 1.0}])},
+    )
     again = list(tag([CLIP], labels=["x", "y"], model=str(tiny_dir), cache=cache, workers=0))
     assert again[0]["error"] is None and again[0]["scores"] == pytest.approx(first[0]["scores"], abs=1e-6)
     assert any("ignoring unreadable or foreign" in r.getMessage() for r in caplog.records)
@@ -338,8 +363,12 @@ def test_models_never_cuts_names_in_a_pipe():
 # -- eval: the same rules -------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("extra", "message"),
-    [(["--device", "tpu"], "unknown device"), (["--timeout", "-5"], "--timeout"), (["--frames", "0"], "--frames"),
-     (["--views", "0x3"], "--views")],
+    [
+        (["--device", "tpu"], "unknown device"),
+        (["--timeout", "-5"], "--timeout"),
+        (["--frames", "0"], "--frames"),
+        (["--views", "0x3"], "--views"),
+    ],
 )
 def test_eval_bad_values_are_one_line_before_anything_loads(tmp_path, extra, message):
     clips = tmp_path / "clips.csv"
@@ -354,7 +383,8 @@ def test_eval_overwrite_never_replaces_a_file_that_is_not_ours(tmp_path, option)
     clips.write_text(f"path,label\n{CLIP},flipping pancake\n")
     precious = tmp_path / "notes.json"
     precious.write_text('{"my": "notes"}\n')
-    code, _, stderr = invoke("eval", "-d", "csv", "--root", clips, "-m", tmp_path / "missing.pt", option,
-                             precious, "--overwrite")
+    code, _, stderr = invoke(
+        "eval", "-d", "csv", "--root", clips, "-m", tmp_path / "missing.pt", option, precious, "--overwrite"
+    )
     assert code == 2 and "not an xclip eval" in one_error_line(stderr)
     assert precious.read_text() == '{"my": "notes"}\n'

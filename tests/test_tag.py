@@ -25,8 +25,12 @@ def manifest() -> list[dict]:
 
 def xclip(*args, stdin=None, timeout=300, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "xclip_cli", *map(str, args)], input=stdin, capture_output=True, text=True,
-        timeout=timeout, **kw,
+        [sys.executable, "-m", "xclip_cli", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
     )
 
 
@@ -43,8 +47,9 @@ def jsonl(text: str) -> list[dict]:
 
 def test_every_manifest_clip_gets_one_row(tiny_dir, tmp_path):
     report = tmp_path / "all.csv"
-    proc = xclip("tag", VIDEOS, "--ext", "mp4,mkv,mov,avi,webm,gif,mp3", "-m", tiny_dir, *label_args(),
-                 "-o", report)
+    proc = xclip(
+        "tag", VIDEOS, "--ext", "mp4,mkv,mov,avi,webm,gif,mp3", "-m", tiny_dir, *label_args(), "-o", report
+    )
     assert proc.returncode == 1, proc.stderr  # some inputs failed, the rest are written
     from xclip_cli.reports import read_report
 
@@ -68,7 +73,11 @@ def test_every_manifest_clip_gets_one_row(tiny_dir, tmp_path):
 
 
 def test_stdin_null_to_stdout_jsonl(tiny_dir):
-    names = ["moviepy/-video-with-dash-.mp4", "torchvision/v_SoccerJuggling_g23_c01.avi", "kinetics_i3d/v_CricketShot_g04_c01_rgb.gif"]
+    names = [
+        "moviepy/-video-with-dash-.mp4",
+        "torchvision/v_SoccerJuggling_g23_c01.avi",
+        "kinetics_i3d/v_CricketShot_g04_c01_rgb.gif",
+    ]
     stdin = "\0".join(str(VIDEOS / n) for n in names) + "\0"
     proc = xclip("tag", "-", "--null", "-m", tiny_dir, *label_args(), "--top-k", "2", stdin=stdin)
     assert proc.returncode == 0, proc.stderr
@@ -85,12 +94,29 @@ def test_stdin_null_to_stdout_jsonl(tiny_dir):
 def test_killed_run_resumes_without_duplicates(tiny_dir, tmp_path, sig):
     report = tmp_path / "r.jsonl"
     clips = sorted(str(p) for p in VIDEOS.rglob("*") if p.suffix in {".mov", ".avi"} or "carphone" in p.name)
-    args = ["tag", *clips, "-m", tiny_dir, *label_args(), "-o", report, "--workers", "0", "--batch-size", "1",
-            "--views", "4x3"]  # slow enough per clip that the kill lands mid-run
+    args = [
+        "tag",
+        *clips,
+        "-m",
+        tiny_dir,
+        *label_args(),
+        "-o",
+        report,
+        "--workers",
+        "0",
+        "--batch-size",
+        "1",
+        "--views",
+        "4x3",
+    ]  # slow enough per clip that the kill lands mid-run
     # Default SIGINT handling in the child even when this suite runs as a background job (`pytest &` in a
     # script starts with SIGINT ignored, which its children would inherit).
-    proc = subprocess.Popen([sys.executable, "-m", "xclip_cli", *map(str, args)], stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xclip_cli", *map(str, args)],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 120
     while time.time() < deadline and (not report.exists() or len(report.read_text().splitlines()) < 3):
         time.sleep(0.05)
@@ -134,8 +160,17 @@ def test_cache_skips_decoding_and_matches(tiny_dir, tmp_path, monkeypatch):
 
 
 def test_window_segments_cover_a_30s_clip(tiny_dir):
-    proc = xclip("tag", VIDEOS / "moviepy/big_buck_bunny_0_30.webm", "-m", tiny_dir, *label_args(),
-                 "--window", "10", "-f", "jsonl")
+    proc = xclip(
+        "tag",
+        VIDEOS / "moviepy/big_buck_bunny_0_30.webm",
+        "-m",
+        tiny_dir,
+        *label_args(),
+        "--window",
+        "10",
+        "-f",
+        "jsonl",
+    )
     assert proc.returncode == 0, proc.stderr
     rows = jsonl(proc.stdout)
     spans = [(r["start"], r["end"]) for r in rows]
@@ -171,7 +206,10 @@ def test_hanging_decoder_is_abandoned(tiny_dir, monkeypatch):
 
     monkeypatch.setattr(clips_module, "read_frames", hang_on_gif)  # inherited by forked workers
     files = [VIDEOS / "kinetics_i3d/v_CricketShot_g04_c01_rgb.gif", VIDEOS / "decord/video_0.mov"]
-    rows = {Path(r["path"]).suffix: r for r in tag(files, labels=LABELS, model=str(tiny_dir), workers=1, timeout=3)}
+    rows = {
+        Path(r["path"]).suffix: r
+        for r in tag(files, labels=LABELS, model=str(tiny_dir), workers=1, timeout=3)
+    }
     assert "timed out after 3 s" in rows[".gif"]["error"]
     assert rows[".mov"]["error"] is None and rows[".mov"]["label"] in LABELS
 
@@ -179,9 +217,13 @@ def test_hanging_decoder_is_abandoned(tiny_dir, monkeypatch):
 def test_multi_label_threshold(tiny_dir):
     from xclip_cli import tag
 
-    rows = list(tag([VIDEOS / "decord/video_0.mov"], labels=LABELS, model=str(tiny_dir), workers=0, threshold=0.0))
+    rows = list(
+        tag([VIDEOS / "decord/video_0.mov"], labels=LABELS, model=str(tiny_dir), workers=0, threshold=0.0)
+    )
     assert rows[0]["labels"][0] == rows[0]["label"] and len(rows[0]["labels"]) == len(LABELS)
-    rows = list(tag([VIDEOS / "decord/video_0.mov"], labels=LABELS, model=str(tiny_dir), workers=0, threshold=1.0))
+    rows = list(
+        tag([VIDEOS / "decord/video_0.mov"], labels=LABELS, model=str(tiny_dir), workers=0, threshold=1.0)
+    )
     assert rows[0]["labels"] == [] and rows[0]["label"] is not None
 
 
@@ -207,6 +249,8 @@ def test_usage_errors_exit_2(tiny_dir, tmp_path):
 def test_existing_output_needs_resume_or_overwrite(tiny_dir, tmp_path):
     out = tmp_path / "r.csv"
     out.write_text("path\n")
-    proc = xclip("tag", VIDEOS / "decord/video_0.mov", "-m", tiny_dir, "--label", "a", "--label", "b", "-o", out)
+    proc = xclip(
+        "tag", VIDEOS / "decord/video_0.mov", "-m", tiny_dir, "--label", "a", "--label", "b", "-o", out
+    )
     assert proc.returncode == 2 and "--resume" in proc.stderr
     assert out.read_text() == "path\n"

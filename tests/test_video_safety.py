@@ -77,7 +77,11 @@ def test_ctrl_c_to_the_process_group_does_not_kill_ffmpeg_mid_file(tmp_path):
         """,
     )
     proc = subprocess.Popen(
-        [sys.executable, str(child)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, str(child)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,  # its own process group, as a shell gives a job
     )
     try:
@@ -123,8 +127,12 @@ def test_signal_to_the_process_group_stops_workers_without_traceback(tmp_path, s
     flags.mkdir()
     child = _script(tmp_path, WORKER_POOL_SCRIPT)
     proc = subprocess.Popen(
-        [sys.executable, str(child), str(flags)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
+        [sys.executable, str(child), str(flags)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         _wait_for(lambda: len(os.listdir(flags)) == 2, "two busy workers", proc)
@@ -148,9 +156,24 @@ def _truncated_mp4(tmp_path: Path) -> Path:
     """An MP4 cut in half before its moov box (an interrupted download): libav and decord both complain."""
     whole = tmp_path / "whole.mp4"
     subprocess.run(
-        [ffmpeg_backend._ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x64:rate=10", "-t", "1",
-         "-c:v", "mpeg4", "-y", str(whole)],
-        check=True, capture_output=True, timeout=60,
+        [
+            ffmpeg_backend._ffmpeg_exe(),
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x64:rate=10",
+            "-t",
+            "1",
+            "-c:v",
+            "mpeg4",
+            "-y",
+            str(whole),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     data = whole.read_bytes()
     cut = tmp_path / "truncated.mp4"
@@ -176,14 +199,18 @@ def test_libav_and_decord_messages_stay_off_stderr(tmp_path):
     if (VIDEOS / "decord/corrupted.mp4").is_file():  # libav's "[h264 @ 0x...] Invalid NAL unit size"
         paths.append(str(VIDEOS / "decord/corrupted.mp4"))
     child = _script(tmp_path, DECODE_SCRIPT)
-    quiet = subprocess.run([sys.executable, str(child), *paths], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    quiet = subprocess.run(
+        [sys.executable, str(child), *paths], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
     assert len(quiet.stdout.splitlines()) == len(paths)  # each still fails, with its cause
     assert "moov atom not found" in quiet.stdout
 
     # With logging at INFO (xclip -v) the libraries' own lines come through again.
     verbose = _script(tmp_path, "import logging; logging.basicConfig(level=logging.INFO)\n" + DECODE_SCRIPT)
-    shown = subprocess.run([sys.executable, str(verbose), *paths], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    shown = subprocess.run(
+        [sys.executable, str(verbose), *paths], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert "moov atom not found" in shown.stderr and "ERROR opening" in shown.stderr
 
 
@@ -218,7 +245,11 @@ def test_old_ffmpeg_passthrough_option_is_detected_once_per_binary(monkeypatch, 
     def run(args, timeout, frame_bytes=0, keep_last=False):
         calls.append(args)
         if "-fps_mode" in args and args[0] == "/old/ffmpeg":
-            return 1, "Unrecognized option 'fps_mode'.\nError splitting the argument list: Option not found", []
+            return (
+                1,
+                "Unrecognized option 'fps_mode'.\nError splitting the argument list: Option not found",
+                [],
+            )
         if "-i" not in args:  # the option check of a new ffmpeg: no input given
             return 1, "Output file #0 does not contain any stream", []
         return 0, "", [bytes(frame_bytes)]
@@ -226,7 +257,9 @@ def test_old_ffmpeg_passthrough_option_is_detected_once_per_binary(monkeypatch, 
     monkeypatch.setattr(ffmpeg_backend, "_run_ffmpeg", run)
     monkeypatch.setattr(ffmpeg_backend, "_ffmpeg_exe", lambda: "/old/ffmpeg")
     assert len(ffmpeg_backend._ffmpeg_select("x.mp4", "eq(n\\,0)", 4, 2, 1, 60, False)) == 1
-    assert ["-fps_mode" in a for a in calls] == [True, False] and "-vsync" in calls[1]  # checked, then decoded
+    assert ["-fps_mode" in a for a in calls] == [True, False] and "-vsync" in calls[
+        1
+    ]  # checked, then decoded
     ffmpeg_backend._ffmpeg_select("x.mp4", "eq(n\\,0)", 4, 2, 1, 60, False)
     assert len(calls) == 3 and "-vsync" in calls[2]  # remembered: no second check
     monkeypatch.setattr(ffmpeg_backend, "_ffmpeg_exe", lambda: "/new/ffmpeg")
@@ -247,6 +280,7 @@ def test_passthrough_option_check_on_the_real_binaries():
         assert option in (("-fps_mode", "passthrough"), ("-vsync", "passthrough"))
         # The check is right: the option it picks is one this binary accepts.
         code, stderr, _ = ffmpeg_backend._run_ffmpeg(
-            [exe, "-v", "error", "-f", "lavfi", "-i", "nullsrc=s=16x16:d=0.04", *option, "-f", "null", "-"], 60
+            [exe, "-v", "error", "-f", "lavfi", "-i", "nullsrc=s=16x16:d=0.04", *option, "-f", "null", "-"],
+            60,
         )
         assert code == 0, stderr

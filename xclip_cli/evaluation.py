@@ -338,8 +338,12 @@ def evaluate(
     return evaluation
 
 
-def write_outputs(evaluation: Evaluation, output: str | Path | None = None, predictions: str | Path | None = None,
-                  plots: str | Path | None = None) -> None:
+def write_outputs(
+    evaluation: Evaluation,
+    output: str | Path | None = None,
+    predictions: str | Path | None = None,
+    plots: str | Path | None = None,
+) -> None:
     """The results JSON, the predictions CSV and the plots that were asked for (XClipError, exit 1, when the
     disk refuses one)."""
     try:
@@ -428,7 +432,9 @@ def describe(run: Any) -> dict[str, Any]:
 
 
 # -- writers -------------------------------------------------------------------------------------------------
-_PREDICTIONS_HEADER = "split,path,label,label_index,prediction,prediction_index,top1_correct,top5_correct,error"
+_PREDICTIONS_HEADER = (
+    "split,path,label,label_index,prediction,prediction_index,top1_correct,top5_correct,error"
+)
 
 
 def _is_results(data: bytes) -> bool:
@@ -443,7 +449,9 @@ def _is_predictions(data: bytes) -> bool:
     return data.split(b"\n", 1)[0].decode("utf-8", "replace").startswith(_PREDICTIONS_HEADER)
 
 
-def check_outputs(results: str | Path | None, predictions: str | Path | None, *, overwrite: bool = False) -> None:
+def check_outputs(
+    results: str | Path | None, predictions: str | Path | None, *, overwrite: bool = False
+) -> None:
     """Refuse, before anything runs, outputs that exist (without `overwrite`) or that are not ours.
 
     An existing non-empty file is replaced only with `overwrite`, and only if it is an eval results JSON
@@ -452,7 +460,10 @@ def check_outputs(results: str | Path | None, predictions: str | Path | None, *,
     from . import files
     from .reports import ReportError, ReportExistsError, check_output
 
-    for path, ours, what in ((results, _is_results, "results JSON"), (predictions, _is_predictions, "predictions CSV")):
+    for path, ours, what in (
+        (results, _is_results, "results JSON"),
+        (predictions, _is_predictions, "predictions CSV"),
+    ):
         if path is None:
             continue
         check_output(path)
@@ -479,8 +490,18 @@ def write_results(evaluation: Evaluation, path: str | Path) -> None:
 def prediction_rows(evaluation: Evaluation) -> tuple[list[str], Iterable[list[str]]]:
     """Header and rows of the predictions CSV: one row per listed video and split, every class's score."""
     classes = vocabulary_of([r.split for r in evaluation.splits])
-    header = ["split", "path", "label", "label_index", "prediction", "prediction_index", "top1_correct",
-              "top5_correct", "error", *classes]
+    header = [
+        "split",
+        "path",
+        "label",
+        "label_index",
+        "prediction",
+        "prediction_index",
+        "top1_correct",
+        "top5_correct",
+        "error",
+        *classes,
+    ]
 
     def rows() -> Iterator[list[str]]:
         for result in evaluation.splits:
@@ -493,8 +514,13 @@ def prediction_rows(evaluation: Evaluation) -> tuple[list[str], Iterable[list[st
                     cells += ["", "", "", "", p.error or ""]
                 else:
                     order = ranking(p.probs[None])[0]
-                    cells += [names[order[0]], str(order[0]), str(int(order[0] == p.label)),
-                              str(int(p.label in order[:TOP_K])), ""]
+                    cells += [
+                        names[order[0]],
+                        str(order[0]),
+                        str(int(order[0] == p.label)),
+                        str(int(p.label in order[:TOP_K])),
+                        "",
+                    ]
                     for j, value in zip(column, p.probs):
                         scores[j] = f"{value:.9g}"  # 9 significant digits: float32 scores round-trip
                 yield cells + scores
@@ -552,8 +578,11 @@ def write_plots(evaluation: Evaluation, folder: str | Path) -> list[Path]:
 
         per_class = per_class_accuracy(probs, labels, k)
         fig, ax = plt.subplots(figsize=(min(40.0, max(6.0, 0.16 * k)), 4.5))
-        ax.bar(range(k), np.nan_to_num(per_class), color=["#4c72b0" if not math.isnan(v) else "#dddddd"
-                                                           for v in per_class])
+        ax.bar(
+            range(k),
+            np.nan_to_num(per_class),
+            color=["#4c72b0" if not math.isnan(v) else "#dddddd" for v in per_class],
+        )
         ax.set_ylim(0, 100)
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(f"{title}: per-class top-1 accuracy (grey: no videos)")

@@ -65,7 +65,9 @@ def atomic_write(path: PathLike, write: Callable[[IO[Any]], Any], *, binary: boo
         mode = default_mode()
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with os.fdopen(handle, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as fh:
+        with os.fdopen(
+            handle, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})
+        ) as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -167,7 +169,11 @@ class FileLock:
     def __init__(self, target: PathLike, what: str = "report") -> None:
         self.target = Path(target)
         self.what = what
-        self.path = self.target / ".lock" if self.target.is_dir() else self.target.with_name(f".{self.target.name}.lock")
+        self.path = (
+            self.target / ".lock"
+            if self.target.is_dir()
+            else self.target.with_name(f".{self.target.name}.lock")
+        )
         self._fd: int | None = None
 
     def acquire(self) -> FileLock:

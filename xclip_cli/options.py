@@ -24,8 +24,14 @@ MAX_TIMEOUT_S = 86_400.0
 MAX_WORKERS = 256
 
 
-def number(name: str, value: float | None, *, low: float | None = None, high: float | None = None,
-           low_open: bool = False) -> None:
+def number(
+    name: str,
+    value: float | None,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> None:
     """`value` (when given) is a finite number within [low, high] (``(low, high]`` with `low_open`)."""
     if value is None:
         return
@@ -34,7 +40,9 @@ def number(name: str, value: float | None, *, low: float | None = None, high: fl
     if not math.isfinite(value):
         raise UsageError(f"{name} must be a finite number, got {value}")
     if low is not None and (value <= low if low_open else value < low):
-        raise UsageError(f"{name} must be {'greater than' if low_open else 'at least'} {low:g}, got {value:g}")
+        raise UsageError(
+            f"{name} must be {'greater than' if low_open else 'at least'} {low:g}, got {value:g}"
+        )
     if high is not None and value > high:
         raise UsageError(f"{name} must be at most {high:g}, got {value:g}")
 
@@ -60,8 +68,13 @@ def check_window(window: float | None, stride: float | None) -> None:
     number("--stride", stride, low=MIN_WINDOW_S, high=MAX_TIMEOUT_S)
 
 
-def check_run(*, timeout: float | None = None, batch_size: int | None = None, workers: int | None = None,
-              threads: int | None = None) -> None:
+def check_run(
+    *,
+    timeout: float | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+) -> None:
     """How a run executes: per-file timeout, batch size, decoding processes, CPU threads."""
     number("--timeout", timeout, low=0.0, high=MAX_TIMEOUT_S, low_open=True)
     integer("--batch-size", batch_size, low=1, high=4096)

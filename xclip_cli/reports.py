@@ -384,7 +384,11 @@ def _existing_report(path: str, fmt: str, action: str) -> _Existing:
                 older = header == [f for f in ROW_FIELDS if f not in _NEWER_FIELDS]
                 raise ReportError(
                     f"{p}:1: columns {', '.join(header)} are not those of "
-                    + ("this version's reports (it was written by an older xclip)" if older else "an xclip report")
+                    + (
+                        "this version's reports (it was written by an older xclip)"
+                        if older
+                        else "an xclip report"
+                    )
                     + f" ({', '.join(ROW_FIELDS)})"
                 )
             rows = _parse_csv(p, text, lenient_tail=False)
@@ -429,7 +433,9 @@ class ReportWriter:
     `close` or `abandon`.
     """
 
-    def __init__(self, path: str | None, fmt: str, existing: _Existing | None = None, lock: Any = None) -> None:
+    def __init__(
+        self, path: str | None, fmt: str, existing: _Existing | None = None, lock: Any = None
+    ) -> None:
         self.path = path
         self.fmt = fmt
         self.existing_rows: list[dict[str, Any]] = []
@@ -551,7 +557,9 @@ def _silence(stream: TextIO) -> None:
 class _LineWriter(ReportWriter):
     """JSONL and CSV: one record per row, appended, flushed and fsync'ed before `write` returns."""
 
-    def __init__(self, path: str | None, fmt: str, existing: _Existing | None = None, lock: Any = None) -> None:
+    def __init__(
+        self, path: str | None, fmt: str, existing: _Existing | None = None, lock: Any = None
+    ) -> None:
         super().__init__(path, fmt, existing, lock)
         self._serialize: Callable[[Mapping[str, Any]], str] = _json_line if fmt == "jsonl" else _csv_row_text
         self._need_header = fmt == "csv"
@@ -739,7 +747,9 @@ def check_output(path: PathLike, inputs: Iterable[PathLike] = ()) -> None:
     for item in inputs:
         with contextlib.suppress(OSError):
             if os.path.samestat(st, os.stat(item)):
-                raise ReportError(f"the output {path} is one of the inputs ({os.fspath(item)}); choose another --output")
+                raise ReportError(
+                    f"the output {path} is one of the inputs ({os.fspath(item)}); choose another --output"
+                )
 
 
 def open_writer(
@@ -789,7 +799,9 @@ def open_writer(
         claimed = "absent" if not os.path.exists(path) else "empty" if os.path.getsize(path) == 0 else None
         if claimed is None:
             if not resume and not overwrite:
-                raise ReportExistsError(f"{path} already exists: use --resume to continue it or --overwrite to replace it")
+                raise ReportExistsError(
+                    f"{path} already exists: use --resume to continue it or --overwrite to replace it"
+                )
             existing = _existing_report(path, fmt, "resume" if resume else "overwrite")
         elif resume and os.path.exists(path):
             existing = _Existing([], 0, 0)

@@ -42,7 +42,10 @@ def encode_vocabulary(model: XCLIP, vocabulary: Vocabulary, batch_size: int = 25
     """``[K, D]`` text features, once per vocabulary. Several templates are averaged in embedding space."""
     texts = [text for label in vocabulary.labels for text in vocabulary.texts(label)]
     feats = torch.cat(
-        [model.encode_text(model.tokenize(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
+        [
+            model.encode_text(model.tokenize(texts[i : i + batch_size]))
+            for i in range(0, len(texts), batch_size)
+        ]
     )
     return feats.view(len(vocabulary.labels), len(vocabulary.templates), -1).mean(dim=1)
 
@@ -55,7 +58,9 @@ def view_probabilities(model: XCLIP, features: VideoFeatures, text: torch.Tensor
     return probs.view(-1, views, probs.shape[-1]).mean(dim=1).cpu()
 
 
-def score_fields(probs: torch.Tensor, labels: Sequence[str], top_k: int, threshold: float | None) -> dict[str, Any]:
+def score_fields(
+    probs: torch.Tensor, labels: Sequence[str], top_k: int, threshold: float | None
+) -> dict[str, Any]:
     """The score columns of a row from one video's ``[K]`` probabilities (ranked by :func:`ranking`)."""
     order = ranking(probs).tolist()
     values = probs.tolist()
@@ -111,15 +116,26 @@ class FeatureCache:
     """
 
     def __init__(
-        self, root: str | Path, model: XCLIP, spec: ClipSpec, timeout: float | None = None,
+        self,
+        root: str | Path,
+        model: XCLIP,
+        spec: ClipSpec,
+        timeout: float | None = None,
         writable: bool | None = None,
     ) -> None:
         self.root = Path(root)
         self.timeout = timeout
         self._warned: set[str] = set()
         self.context = json.dumps(
-            {"model": model_fingerprint(model), "frames": spec.frames, "image_size": spec.image_size,
-             "views": spec.views_label, "window": spec.window, "stride": spec.stride, "version": 1},
+            {
+                "model": model_fingerprint(model),
+                "frames": spec.frames,
+                "image_size": spec.image_size,
+                "views": spec.views_label,
+                "window": spec.window,
+                "stride": spec.stride,
+                "version": 1,
+            },
             sort_keys=True,
         )
         self.views = spec.views
@@ -151,26 +167,43 @@ class FeatureCache:
                 embedding, tokens = f.get_tensor("embedding"), f.get_tensor("prompt_tokens")
             clips = self._split(meta, embedding, tokens)
         except (SafetensorError, OSError, KeyError, ValueError, TypeError) as err:
-            self._warn("read", "ignoring unreadable or foreign entries (first: %s: %s); they are recomputed", path, err)
+            self._warn(
+                "read",
+                "ignoring unreadable or foreign entries (first: %s: %s); they are recomputed",
+                path,
+                err,
+            )
             return None
         return clips
 
-    def _split(self, meta: Any, embedding: torch.Tensor, tokens: torch.Tensor) -> list[tuple[dict[str, Any], VideoFeatures]]:
+    def _split(
+        self, meta: Any, embedding: torch.Tensor, tokens: torch.Tensor
+    ) -> list[tuple[dict[str, Any], VideoFeatures]]:
         """The entry's clips, after checking that its shapes are what this model and these views give."""
-        if not isinstance(meta, list) or not meta or not all(
-            isinstance(m, dict) and {"start", "end", "duration"} <= m.keys() for m in meta
+        if (
+            not isinstance(meta, list)
+            or not meta
+            or not all(isinstance(m, dict) and {"start", "end", "duration"} <= m.keys() for m in meta)
         ):
             raise ValueError("bad clip list")
         rows = len(meta) * self.views
-        if (embedding.shape != (rows, self.embed_dim) or tokens.ndim != 3 or tokens.shape[0] != rows
-                or tokens.shape[2] != self.embed_dim or not embedding.is_floating_point()
-                or not tokens.is_floating_point()):
-            raise ValueError(f"shapes {tuple(embedding.shape)} and {tuple(tokens.shape)} do not fit this model")
+        if (
+            embedding.shape != (rows, self.embed_dim)
+            or tokens.ndim != 3
+            or tokens.shape[0] != rows
+            or tokens.shape[2] != self.embed_dim
+            or not embedding.is_floating_point()
+            or not tokens.is_floating_point()
+        ):
+            raise ValueError(
+                f"shapes {tuple(embedding.shape)} and {tuple(tokens.shape)} do not fit this model"
+            )
         if not (torch.isfinite(embedding).all() and torch.isfinite(tokens).all()):
             raise ValueError("non-finite features")
         v = self.views
         return [
-            (m, VideoFeatures(embedding[i * v : (i + 1) * v], tokens[i * v : (i + 1) * v])) for i, m in enumerate(meta)
+            (m, VideoFeatures(embedding[i * v : (i + 1) * v], tokens[i * v : (i + 1) * v]))
+            for i, m in enumerate(meta)
         ]
 
     def put(self, key: str, clips: list[tuple[dict[str, Any], VideoFeatures]]) -> None:
@@ -184,7 +217,10 @@ class FeatureCache:
         try:
             path.parent.mkdir(exist_ok=True)
             save_file(
-                {"embedding": feats.embedding.contiguous(), "prompt_tokens": feats.prompt_tokens.contiguous()},
+                {
+                    "embedding": feats.embedding.contiguous(),
+                    "prompt_tokens": feats.prompt_tokens.contiguous(),
+                },
                 str(tmp),
                 metadata={"clips": json.dumps([m for m, _ in clips])},
             )
@@ -205,8 +241,11 @@ def check_cache_folder(root: Path) -> bool:
         with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test."):
             return True
     except OSError as err:
-        log.warning("feature cache %s cannot be written (%s); tagging without storing features", root,
-                    err.strerror or err)
+        log.warning(
+            "feature cache %s cannot be written (%s); tagging without storing features",
+            root,
+            err.strerror or err,
+        )
         return False
 
 
@@ -249,10 +288,20 @@ class TagRun:
     def row(self, result: VideoResult) -> dict[str, Any]:
         """The report row of one result: the run's settings, then the scores (top-k or threshold)."""
         row = {
-            "path": result.path, "file": resolved_path(result.path), "start": result.start, "end": result.end,
-            "label": None, "score": None, "labels": [], "scores": [], "duration": result.duration,
-            "frames": self.spec.frames, "views": self.spec.views_label, "model": self.model_name,
-            "vocabulary": self.vocabulary.key, "error": result.error,
+            "path": result.path,
+            "file": resolved_path(result.path),
+            "start": result.start,
+            "end": result.end,
+            "label": None,
+            "score": None,
+            "labels": [],
+            "scores": [],
+            "duration": result.duration,
+            "frames": self.spec.frames,
+            "views": self.spec.views_label,
+            "model": self.model_name,
+            "vocabulary": self.vocabulary.key,
+            "error": result.error,
         }
         if result.probs is not None:
             row.update(score_fields(result.probs, self.vocabulary.labels, self.top_k, self.threshold))
@@ -261,7 +310,10 @@ class TagRun:
     def same_run(self, row: dict[str, Any]) -> bool:
         """Whether a report row was made with this run's model, frames, views and vocabulary."""
         return (row.get("model"), row.get("frames"), row.get("views"), row.get("vocabulary")) == (
-            self.model_name, self.spec.frames, self.spec.views_label, self.vocabulary.key,
+            self.model_name,
+            self.spec.frames,
+            self.spec.views_label,
+            self.vocabulary.key,
         )
 
     def error_result(self, task: VideoTask, message: str) -> VideoResult:
@@ -275,15 +327,24 @@ class TagRun:
             return []
         feats = VideoFeatures.cat([f for p in tasks for _, f in p.clips])
         step = SCORE_BATCH * self.spec.views  # whole videos per chunk
-        probs = torch.cat([
-            view_probabilities(self.model, feats[j : j + step], self.text, self.spec.views)
-            for j in range(0, len(feats), step)
-        ])
+        probs = torch.cat(
+            [
+                view_probabilities(self.model, feats[j : j + step], self.text, self.spec.views)
+                for j in range(0, len(feats), step)
+            ]
+        )
         out, at = [], 0
         for p in tasks:
             results = [
-                VideoResult(p.task.path, meta["start"], meta["end"], meta["duration"], clip_probs,
-                            self.vocabulary.labels, features=feats_ if self.keep_features else None)
+                VideoResult(
+                    p.task.path,
+                    meta["start"],
+                    meta["end"],
+                    meta["duration"],
+                    clip_probs,
+                    self.vocabulary.labels,
+                    features=feats_ if self.keep_features else None,
+                )
                 for (meta, feats_), clip_probs in zip(p.clips, probs[at : at + len(p.clips)])
             ]
             out.append(results)
@@ -377,7 +438,9 @@ class TagRun:
                     p.decoded = True
                     if not p.clips:
                         pending.pop(i)
-                        ready[i] = [self.error_result(p.task, f"{p.task.path}: no frames in the requested range")]
+                        ready[i] = [
+                            self.error_result(p.task, f"{p.task.path}: no frames in the requested range")
+                        ]
                 else:  # ERROR: the file's partial clips are dropped; one error row stands for it
                     pending.pop(i)
                     batch = [b for b in batch if b[0] is not p]
@@ -417,9 +480,17 @@ def completed_paths(rows: Iterable[dict[str, Any]], run: TagRun) -> set[str]:
 
 
 def check_options(
-    *, frames: int | None = None, window: float | None = None, stride: float | None = None,
-    batch_size: int | None = None, workers: int | None = None, timeout: float | None = None,
-    top_k: int | None = None, threshold: float | None = None, views: str = "1x1", device: str = "auto",
+    *,
+    frames: int | None = None,
+    window: float | None = None,
+    stride: float | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    timeout: float | None = None,
+    top_k: int | None = None,
+    threshold: float | None = None,
+    views: str = "1x1",
+    device: str = "auto",
 ) -> None:
     """Every option value of a tag run, checked before anything is loaded (UsageError, exit 2)."""
     options.check_frames(frames)
@@ -455,8 +526,18 @@ def prepare(
     Everything that can be checked without the model (option values, labels, the cache folder) is
     checked before it loads.
     """
-    check_options(frames=frames, window=window, stride=stride, batch_size=batch_size, workers=workers,
-                  timeout=timeout, top_k=top_k, threshold=threshold, views=views, device=device)
+    check_options(
+        frames=frames,
+        window=window,
+        stride=stride,
+        batch_size=batch_size,
+        workers=workers,
+        timeout=timeout,
+        top_k=top_k,
+        threshold=threshold,
+        views=views,
+        device=device,
+    )
     vocabulary = build_vocabulary(labels_files, labels, templates)
     for problem in vocabulary.problems:
         log.warning("%s", problem)
@@ -469,15 +550,29 @@ def prepare(
     else:
         net = model
     spec = ClipSpec(
-        frames=net.frames, image_size=net.image_size, clips=clips, crops=crops,
-        mean=net.mean, std=net.std, window=window, stride=stride,
+        frames=net.frames,
+        image_size=net.image_size,
+        clips=clips,
+        crops=crops,
+        mean=net.mean,
+        std=net.std,
+        window=window,
+        stride=stride,
     )
     feature_cache = None
     if cache is not None:
         feature_cache = FeatureCache(cache, net, spec, timeout=timeout, writable=cache_writable)
     return TagRun(
-        net, vocabulary, spec, str(model_name), batch_size=batch_size, workers=workers, timeout=timeout,
-        top_k=top_k, threshold=threshold, cache=feature_cache,
+        net,
+        vocabulary,
+        spec,
+        str(model_name),
+        batch_size=batch_size,
+        workers=workers,
+        timeout=timeout,
+        top_k=top_k,
+        threshold=threshold,
+        cache=feature_cache,
     )
 
 
@@ -530,8 +625,16 @@ def tag(
     inputs = list(inputs)
     given = [item for item in inputs if isinstance(item, VideoTask)]
     named = [os.fspath(item) for item in inputs if not isinstance(item, VideoTask)]
-    found = discover(named, extensions=normalize_extensions(extensions) if extensions else DEFAULT_EXTENSIONS,
-                     stdin=stdin, null=null) if named else None
+    found = (
+        discover(
+            named,
+            extensions=normalize_extensions(extensions) if extensions else DEFAULT_EXTENSIONS,
+            stdin=stdin,
+            null=null,
+        )
+        if named
+        else None
+    )
     tasks = given + [VideoTask(str(p)) for p in (found.paths if found else [])]
     problems = found.problems if found else []
     if not tasks:
@@ -542,8 +645,9 @@ def tag(
     if output is not None:
         target = None if os.fspath(output) == "-" else os.fspath(output)
         report_format = format_for(target, fmt, stdout_isatty=False)
-        writer = open_writer(target, report_format, resume=resume, overwrite=overwrite,
-                             inputs=[t.path for t in tasks])
+        writer = open_writer(
+            target, report_format, resume=resume, overwrite=overwrite, inputs=[t.path for t in tasks]
+        )
     try:
         if run is None:
             run = prepare(**settings)
@@ -555,8 +659,10 @@ def tag(
         existing = writer.existing_rows if writer is not None else []
         done = completed_paths(existing, run)
         if any(not run.same_run(row) for row in existing):
-            log.warning("%s holds rows of another model, frame count, views or vocabulary: it will hold two runs",
-                        output)
+            log.warning(
+                "%s holds rows of another model, frame count, views or vocabulary: it will hold two runs",
+                output,
+            )
         todo = [t for t in tasks if resolved_path(t.path) not in done] if done else tasks
         if done:
             log.info("resuming: %d of %d inputs already in %s", len(tasks) - len(todo), len(tasks), output)
@@ -575,4 +681,15 @@ def tag(
 
 
 #: The settings of :func:`prepare` that :func:`check_options` checks.
-_CHECKED = ("frames", "window", "stride", "batch_size", "workers", "timeout", "top_k", "threshold", "views", "device")
+_CHECKED = (
+    "frames",
+    "window",
+    "stride",
+    "batch_size",
+    "workers",
+    "timeout",
+    "top_k",
+    "threshold",
+    "views",
+    "device",
+)

@@ -116,7 +116,9 @@ def local_copy(entry: Entry) -> Path | None:
     if entry.open_clip:
         candidates.append(root / f"{entry.backbone.replace('-336', '-336px')}.pt")
     for path in candidates:
-        if path.is_file() or (path.is_dir() and any((path / f).is_file() for f in ("config.json", "xclip_config.json"))):
+        if path.is_file() or (
+            path.is_dir() and any((path / f).is_file() for f in ("config.json", "xclip_config.json"))
+        ):
             return path
     if entry.kind == "xclip":
         return _hf_cached(entry.repo)
@@ -160,7 +162,9 @@ def hub_offline() -> str | None:
         get_session().head(constants.ENDPOINT, timeout=constants.HF_HUB_ETAG_TIMEOUT)
     except Exception as err:  # DNS, refused, timeout, proxy, TLS: no hub for this run
         lines = str(err).strip().splitlines()
-        _offline_reason = f"cannot reach {constants.ENDPOINT} ({type(err).__name__}: {lines[0][:160] if lines else ''})"
+        _offline_reason = (
+            f"cannot reach {constants.ENDPOINT} ({type(err).__name__}: {lines[0][:160] if lines else ''})"
+        )
         log.debug("%s; huggingface_hub offline for the rest of this run", _offline_reason)
         constants.HF_HUB_OFFLINE = True
         return _offline_reason

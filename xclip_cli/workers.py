@@ -111,7 +111,9 @@ class WorkerPool:
 
     def _spawn(self, wid: int) -> _Worker:
         tasks = self._ctx.SimpleQueue()
-        process = self._ctx.Process(target=_worker_main, args=(self.fn, tasks, self._results, wid, self.threads), daemon=True)
+        process = self._ctx.Process(
+            target=_worker_main, args=(self.fn, tasks, self._results, wid, self.threads), daemon=True
+        )
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)  # see _STOP_SIGNALS
         try:
             process.start()

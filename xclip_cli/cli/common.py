@@ -46,7 +46,9 @@ def _option(*names: str, **settings: Any) -> Callable[..., OptionInfo]:
     return make
 
 
-model_option = _option("--model", "-m", envvar="XCLIP_MODEL", help="Registry name, checkpoint path, folder or hub id.")
+model_option = _option(
+    "--model", "-m", envvar="XCLIP_MODEL", help="Registry name, checkpoint path, folder or hub id."
+)
 frames_option = _option("--frames", help="Frames per view; must match the checkpoint.")
 views_option = _option("--views", help="CLIPSxCROPS views per video, e.g. 4x3 as in the paper.")
 device_option = _option("--device", envvar="XCLIP_DEVICE", help="auto, cpu, cuda or cuda:N.")
@@ -56,7 +58,8 @@ workers_option = _option("--workers", help="Decoding processes (0: decode in the
 threads_option = _option("--threads", help="CPU threads for the model.")
 timeout_option = _option("--timeout", help="Seconds before a file that hangs a decoder is abandoned.")
 progress_option = _option(
-    "--progress/--no-progress", help="Progress on stderr: a bar on a terminal, else a line every tenth of the work."
+    "--progress/--no-progress",
+    help="Progress on stderr: a bar on a terminal, else a line every tenth of the work.",
 )
 
 Model = Annotated[str, model_option()]
@@ -129,8 +132,15 @@ class Reporter:
     Disabled (``--no-progress``), it shows nothing but still passes :meth:`echo` lines through.
     """
 
-    def __init__(self, title: str, *, done_verb: str, unit: str, enabled: bool = True,
-                 fields: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        title: str,
+        *,
+        done_verb: str,
+        unit: str,
+        enabled: bool = True,
+        fields: dict[str, str] | None = None,
+    ) -> None:
         self.title, self.done_verb, self.unit = title, done_verb, unit
         self.enabled = enabled
         self.tty = enabled and sys.stderr.isatty()
@@ -160,17 +170,22 @@ class Reporter:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._bar = Progress(
-                TextColumn(f"[bold]{self.title}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                TextColumn(f"[bold]{self.title}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
                 TextColumn("{task.description}", markup=False),  # file names are not markup
-                console=Console(stderr=True), transient=True,
+                console=Console(stderr=True),
+                transient=True,
             )
             self._bar.start()
             self._task = self._bar.add_task(self._text(), total=total, completed=completed)
         elif self._bar is not None:
             self._bar.reset(self._task, total=total, completed=completed, description=self._text())
 
-    def update(self, completed: int | None = None, *, advance: int = 0, total: int | None = None,
-               **values: Any) -> None:
+    def update(
+        self, completed: int | None = None, *, advance: int = 0, total: int | None = None, **values: Any
+    ) -> None:
         """`completed` units done (or `advance` more), and new field values."""
         if not self.enabled:
             return
@@ -187,8 +202,10 @@ class Reporter:
             if tenth > self._tenth:
                 self._tenth = tenth
                 elapsed = time.monotonic() - self._started
-                typer.echo(f"xclip: {self.done_verb} {self.completed}/{self.total} {self.unit} ({elapsed:.0f} s)",
-                           err=True)
+                typer.echo(
+                    f"xclip: {self.done_verb} {self.completed}/{self.total} {self.unit} ({elapsed:.0f} s)",
+                    err=True,
+                )
 
     def __call__(self, done: int, total: int, path: str) -> None:
         """The library's `progress(done, total, path)` callback (evaluation)."""
@@ -219,10 +236,11 @@ class Reporter:
                 self.values[name] = value
 
     def _text(self) -> str:
-        return "  ".join(fmt.format(self.values[name]) for name, fmt in self.fields.items() if name in self.values)
+        return "  ".join(
+            fmt.format(self.values[name]) for name, fmt in self.fields.items() if name in self.values
+        )
 
 
 def short_name(path: str) -> str:
     """What a bar shows of a path: the end of its file name."""
     return Path(path).name[-40:]
-

@@ -50,26 +50,55 @@ class Subset(str, Enum):
 
 def eval_command(
     dataset: Annotated[DatasetName, typer.Option("--dataset", "-d", help="Dataset layout.")],
-    root: Annotated[Path, typer.Option("--root", help="Dataset folder (for csv: the list, or the folder its paths are relative to).")],
-    split: Annotated[str | None, typer.Option(help="1, 2, 3 or all (mean ± std). Default: 1; all for k600-novel.")] = None,
-    subset: Annotated[Subset, typer.Option(help="HMDB-51/UCF-101: the test or the train list of the split.")] = Subset.test,
-    splits_dir: Annotated[Path | None, typer.Option(help="Folder of the HMDB-51 split files / UCF-101 lists (default: found under --root).")] = None,
-    annotations: Annotated[Path | None, typer.Option(help="Kinetics annotation CSV (default: the *val*.csv under --root); for csv, the list.")] = None,
-    labels: Annotated[Path | None, typer.Option("--labels", "-l", help="csv: the vocabulary file (default: the labels present).")] = None,
+    root: Annotated[
+        Path,
+        typer.Option(
+            "--root", help="Dataset folder (for csv: the list, or the folder its paths are relative to)."
+        ),
+    ],
+    split: Annotated[
+        str | None, typer.Option(help="1, 2, 3 or all (mean ± std). Default: 1; all for k600-novel.")
+    ] = None,
+    subset: Annotated[
+        Subset, typer.Option(help="HMDB-51/UCF-101: the test or the train list of the split.")
+    ] = Subset.test,
+    splits_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder of the HMDB-51 split files / UCF-101 lists (default: found under --root)."),
+    ] = None,
+    annotations: Annotated[
+        Path | None,
+        typer.Option(
+            help="Kinetics annotation CSV (default: the *val*.csv under --root); for csv, the list."
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", "-l", help="csv: the vocabulary file (default: the labels present)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="k600-novel: seed of the three 160-class subsets.")] = 0,
     model: Model = "xclip-b32-k400",
     frames: Frames = None,
-    views: Annotated[str, views_option(help="CLIPSxCROPS views per video; 4x3 is the paper's test protocol.")] = "1x1",
+    views: Annotated[
+        str, views_option(help="CLIPSxCROPS views per video; 4x3 is the paper's test protocol.")
+    ] = "1x1",
     device: Device = "auto",
     precision: PrecisionOpt = Precision.fp32,
     batch_size: BatchSize = 4,
     workers: Workers = None,
     threads: Threads = None,
     timeout: Timeout = 120.0,
-    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N listed videos of each split (a quick look).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Results JSON: metrics and everything that defines them.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N listed videos of each split (a quick look).")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Results JSON: metrics and everything that defines them."),
+    ] = None,
     predictions: Annotated[Path | None, typer.Option(help="Per-video predictions and scores (CSV).")] = None,
-    plots: Annotated[Path | None, typer.Option(help="Folder for confusion matrices and per-class accuracy charts (PNG).")] = None,
+    plots: Annotated[
+        Path | None, typer.Option(help="Folder for confusion matrices and per-class accuracy charts (PNG).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing --output / --predictions files.")] = False,
     progress: ShowProgress = True,
 ) -> None:
@@ -89,14 +118,26 @@ def eval_command(
     check_device(device)
     check_outputs(output, predictions, overwrite=overwrite)
     splits = load_splits(
-        dataset.value, root, split, subset=subset.value, splits_dir=splits_dir, annotations=annotations,
-        labels=labels, seed=seed,
+        dataset.value,
+        root,
+        split,
+        subset=subset.value,
+        splits_dir=splits_dir,
+        annotations=annotations,
+        labels=labels,
+        seed=seed,
     )
     if limit is not None:
         splits = [s.head(limit) for s in splits]
     for s in splits:
-        log.info("%s %s: %d listed, %d found, %d missing", dataset.value, s.name, len(s.listed), len(s.records),
-                 len(s.missing))
+        log.info(
+            "%s %s: %d listed, %d found, %d missing",
+            dataset.value,
+            s.name,
+            len(s.listed),
+            len(s.records),
+            len(s.missing),
+        )
     if not any(s.records for s in splits):
         listed = sum(len(s.listed) for s in splits)
         if not listed:
@@ -108,15 +149,28 @@ def eval_command(
     from ..evaluation import evaluate, prepare_run
 
     run = prepare_run(
-        splits, model=model, frames=frames, views=views, device=device, precision=precision.value,
-        batch_size=batch_size, workers=min(2, os.cpu_count() or 1) if workers is None else workers,
+        splits,
+        model=model,
+        frames=frames,
+        views=views,
+        device=device,
+        precision=precision.value,
+        batch_size=batch_size,
+        workers=min(2, os.cpu_count() or 1) if workers is None else workers,
         timeout=timeout,
     )
 
     try:
         with Reporter("evaluating", done_verb="evaluated", unit="videos", enabled=progress) as bar:
-            evaluation = evaluate(splits, run, progress=bar, output=output, predictions=predictions, plots=plots,
-                                  overwrite=overwrite)
+            evaluation = evaluate(
+                splits,
+                run,
+                progress=bar,
+                output=output,
+                predictions=predictions,
+                plots=plots,
+                overwrite=overwrite,
+            )
     except KeyboardInterrupt:
         raise interrupted("interrupted; nothing written") from None
 
@@ -129,8 +183,12 @@ def eval_command(
     if not evaluation.complete:
         missing = sum(len(r.split.missing) for r in evaluation.splits)
         failed = sum(len(r.failed) for r in evaluation.splits)
-        log.warning("%d listed videos missing and %d failed (listed in --output); accuracies are over the scored "
-                    "videos only", missing, failed)
+        log.warning(
+            "%d listed videos missing and %d failed (listed in --output); accuracies are over the scored "
+            "videos only",
+            missing,
+            failed,
+        )
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
@@ -148,8 +206,13 @@ def _print_table(evaluation) -> None:
     for r in evaluation.splits:
         c = r.counts()
         table.add_row(
-            r.split.name, f"{c['scored']}/{c['listed']}", str(c["missing"]), str(c["failed"]),
-            _fmt(r.metrics["top1"]), _fmt(r.metrics["top5"]), _fmt(r.metrics["mean_class"]),
+            r.split.name,
+            f"{c['scored']}/{c['listed']}",
+            str(c["missing"]),
+            str(c["failed"]),
+            _fmt(r.metrics["top1"]),
+            _fmt(r.metrics["top5"]),
+            _fmt(r.metrics["mean_class"]),
         )
     if len(evaluation.splits) > 1:
         s = evaluation.summary

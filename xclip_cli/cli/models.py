@@ -28,8 +28,13 @@ def models_command(
             table.add_column(column)
         for r in rows:
             table.add_row(
-                r["name"], r["backbone"], str(r["frames"] or "any"), r["trained_on"],
-                f"{r['top1']:.1f}" if r["top1"] else "", r["source"], "yes" if r["available"] else "no",
+                r["name"],
+                r["backbone"],
+                str(r["frames"] or "any"),
+                r["trained_on"],
+                f"{r['top1']:.1f}" if r["top1"] else "",
+                r["source"],
+                "yes" if r["available"] else "no",
             )
         console = Console()
         (console if console.is_terminal else Console(width=160)).print(table)

@@ -37,10 +37,23 @@ from .common import (
 
 
 def tag_command(
-    paths: Annotated[list[str], typer.Argument(help="Files, folders, glob patterns, or - to read paths from stdin.")],
-    labels: Annotated[list[Path], typer.Option("--labels", "-l", help="Label file: one per line (# comments) or a CSV with a name column.")] = [],
+    paths: Annotated[
+        list[str], typer.Argument(help="Files, folders, glob patterns, or - to read paths from stdin.")
+    ],
+    labels: Annotated[
+        list[Path],
+        typer.Option(
+            "--labels", "-l", help="Label file: one per line (# comments) or a CSV with a name column."
+        ),
+    ] = [],
     label: Annotated[list[str], typer.Option("--label", help="A label (repeatable).")] = [],
-    template: Annotated[list[str], typer.Option("--template", help='Prompt template with {} (repeatable: averaged). Default: the bare label, as the model was trained.')] = [],
+    template: Annotated[
+        list[str],
+        typer.Option(
+            "--template",
+            help="Prompt template with {} (repeatable: averaged). Default: the bare label, as the model was trained.",
+        ),
+    ] = [],
     model: Model = "xclip-b32-k400",
     frames: Frames = None,
     views: Views = "1x1",
@@ -51,17 +64,46 @@ def tag_command(
     threads: Threads = None,
     timeout: Timeout = 120.0,
     top_k: Annotated[int, typer.Option("--top-k", help="Labels reported per video.")] = 5,
-    multi_label: Annotated[bool, typer.Option("--multi-label", help="Report every label scoring at least --threshold.")] = False,
-    threshold: Annotated[Optional[float], typer.Option(help="Score threshold for --multi-label (default 0.1).")] = None,
-    window: Annotated[Optional[float], typer.Option(help="Tag consecutive windows of this many seconds.")] = None,
-    stride: Annotated[Optional[float], typer.Option(help="Seconds between window starts (default: --window).")] = None,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Report file (.csv, .json, .jsonl); default stdout.")] = None,
-    fmt: Annotated[Optional[Format], typer.Option("--format", "-f", help="Default: from --output, else table on a terminal, JSONL in a pipe.")] = None,
-    resume: Annotated[bool, typer.Option(help="Skip inputs already in --output for the same model, frames, views and vocabulary.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --output (only if it is an xclip report).")] = False,
-    cache: Annotated[Optional[Path], typer.Option(help="Feature cache folder: re-tagging with new labels skips decoding.")] = None,
-    ext: Annotated[Optional[str], typer.Option(help="Comma-separated extensions to take from folders.")] = None,
-    null: Annotated[bool, typer.Option("--null", "-0", help="Paths on stdin are NUL-separated (find -print0).")] = False,
+    multi_label: Annotated[
+        bool, typer.Option("--multi-label", help="Report every label scoring at least --threshold.")
+    ] = False,
+    threshold: Annotated[
+        Optional[float], typer.Option(help="Score threshold for --multi-label (default 0.1).")
+    ] = None,
+    window: Annotated[
+        Optional[float], typer.Option(help="Tag consecutive windows of this many seconds.")
+    ] = None,
+    stride: Annotated[
+        Optional[float], typer.Option(help="Seconds between window starts (default: --window).")
+    ] = None,
+    output: Annotated[
+        Optional[str],
+        typer.Option("--output", "-o", help="Report file (.csv, .json, .jsonl); default stdout."),
+    ] = None,
+    fmt: Annotated[
+        Optional[Format],
+        typer.Option(
+            "--format", "-f", help="Default: from --output, else table on a terminal, JSONL in a pipe."
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Skip inputs already in --output for the same model, frames, views and vocabulary."
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing --output (only if it is an xclip report).")
+    ] = False,
+    cache: Annotated[
+        Optional[Path], typer.Option(help="Feature cache folder: re-tagging with new labels skips decoding.")
+    ] = None,
+    ext: Annotated[
+        Optional[str], typer.Option(help="Comma-separated extensions to take from folders.")
+    ] = None,
+    null: Annotated[
+        bool, typer.Option("--null", "-0", help="Paths on stdin are NUL-separated (find -print0).")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of randomly initialised weights (ARCH:random models).")] = 0,
     progress: ShowProgress = True,
 ) -> None:
@@ -88,12 +130,32 @@ def tag_command(
                 bar.update(done, item=short_name(path))
 
         rows = tag(
-            paths, output=output or "-", fmt=report_format, resume=resume, overwrite=overwrite, extensions=ext,
-            null=null, stdin=sys.stdin, progress=advance, labels=label, labels_files=labels, templates=template,
-            model=model, frames=frames, views=views, window=window, stride=stride, device=device,
-            precision=precision.value, batch_size=batch_size,
-            workers=min(2, os.cpu_count() or 1) if workers is None else workers, timeout=timeout, top_k=top_k,
-            threshold=threshold, cache=cache, seed=seed,
+            paths,
+            output=output or "-",
+            fmt=report_format,
+            resume=resume,
+            overwrite=overwrite,
+            extensions=ext,
+            null=null,
+            stdin=sys.stdin,
+            progress=advance,
+            labels=label,
+            labels_files=labels,
+            templates=template,
+            model=model,
+            frames=frames,
+            views=views,
+            window=window,
+            stride=stride,
+            device=device,
+            precision=precision.value,
+            batch_size=batch_size,
+            workers=min(2, os.cpu_count() or 1) if workers is None else workers,
+            timeout=timeout,
+            top_k=top_k,
+            threshold=threshold,
+            cache=cache,
+            seed=seed,
         )
         try:
             with contextlib.closing(rows):  # on an interrupt, the report is closed before the message

@@ -149,8 +149,13 @@ class Split:
         """The records found on disk as :class:`VideoRecord`: absolute path, class name, time range;
         ``where`` (for messages) is ``"{where}: {listed path}"``."""
         return [
-            VideoRecord(os.path.abspath(self.path_of(r)), self.class_names[r.label], r.start, r.end,
-                        f"{where}: {r.path}" if where else r.path)
+            VideoRecord(
+                os.path.abspath(self.path_of(r)),
+                self.class_names[r.label],
+                r.start,
+                r.end,
+                f"{where}: {r.path}" if where else r.path,
+            )
             for r in self.records
         ]
 
@@ -225,8 +230,17 @@ def _find_dir(root: Path, given: PathLike | None, pattern: str, what: str) -> Pa
     return found[0]
 
 
-def _split_record(root: Path, rel: str, label: int, records: list[Record], missing: list[str],
-                  listed: list[str], seen: set[str], start: float | None = None, end: float | None = None) -> None:
+def _split_record(
+    root: Path,
+    rel: str,
+    label: int,
+    records: list[Record],
+    missing: list[str],
+    listed: list[str],
+    seen: set[str],
+    start: float | None = None,
+    end: float | None = None,
+) -> None:
     if rel in seen:
         return
     seen.add(rel)
@@ -356,7 +370,10 @@ class _KineticsRow:
 
 def _find_annotations(root: Path) -> Path:
     found = sorted(
-        p for d in (root, root / "annotations") if d.is_dir() for p in d.glob("*.csv")
+        p
+        for d in (root, root / "annotations")
+        if d.is_dir()
+        for p in d.glob("*.csv")
         if "val" in p.stem.lower()
     )
     if len(found) != 1:
@@ -430,8 +447,15 @@ def _kinetics_file(index: dict[str, list[str]], row: _KineticsRow, bare_id: bool
 
 
 def _kinetics_split(
-    base: Path, rows: Sequence[_KineticsRow], index: dict[str, list[str]], names: list[str], name: str,
-    dataset: str, files: dict[str, str], annotations: Path, subset: str,
+    base: Path,
+    rows: Sequence[_KineticsRow],
+    index: dict[str, list[str]],
+    names: list[str],
+    name: str,
+    dataset: str,
+    files: dict[str, str],
+    annotations: Path,
+    subset: str,
 ) -> Split:
     label_of = {n: i for i, n in enumerate(names)}
     records: list[Record] = []
@@ -477,8 +501,17 @@ def kinetics(root: PathLike, annotations: PathLike | None = None, version: int =
             hint = " (a Kinetics-400 name; Kinetics-600 renamed it)" if renamed else ""
             raise DatasetError(f"{ann}:{row.line}: {row.label!r} is not a Kinetics-{version} class{hint}")
     files = {str(ann): sha256_of(ann), str(label_file): sha256_of(label_file)}
-    return _kinetics_split(base, rows, _video_index(base), names, ann.stem, f"kinetics{version}", files, ann,
-                           "val" if "val" in ann.stem.lower() else ann.stem)
+    return _kinetics_split(
+        base,
+        rows,
+        _video_index(base),
+        names,
+        ann.stem,
+        f"kinetics{version}",
+        files,
+        ann,
+        "val" if "val" in ann.stem.lower() else ann.stem,
+    )
 
 
 def k600_novel_classes() -> list[str]:
@@ -500,6 +533,7 @@ def novel_subsets(seed: int = 0, n: int = 160, count: int = 3) -> list[list[str]
         raise DatasetError(f"a subset needs 1 to {len(classes)} classes; got {n}")
     subsets = []
     for i in range(count):
+
         def rank(name: str, i: int = i) -> str:
             return hashlib.sha256(f"k600-novel:{seed}:{i}:{name}".encode()).hexdigest()
 
@@ -530,8 +564,17 @@ def k600_novel(
     splits = []
     for i, subset in enumerate(novel_subsets(seed, n, count), start=1):
         chosen = set(subset)
-        split = _kinetics_split(base, [r for r in rows if r.label in chosen], index, subset, f"subset{i}",
-                                "k600-novel", files, ann, "val" if "val" in ann.stem.lower() else ann.stem)
+        split = _kinetics_split(
+            base,
+            [r for r in rows if r.label in chosen],
+            index,
+            subset,
+            f"subset{i}",
+            "k600-novel",
+            files,
+            ann,
+            "val" if "val" in ann.stem.lower() else ann.stem,
+        )
         splits.append(split)
     return splits
 
@@ -548,7 +591,9 @@ def csv_dataset(path: PathLike, labels: PathLike | None = None, root: PathLike |
     if problems:
         shown = "".join(f"\n  {p}" for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise DatasetError(problems[0] if len(problems) == 1 else f"{len(problems)} problems in {file}:{shown}{more}")
+        raise DatasetError(
+            problems[0] if len(problems) == 1 else f"{len(problems)} problems in {file}:{shown}{more}"
+        )
     entries = [(r, r.path, r.label) for r in rows]
 
     files = {str(file): sha256_of(file)}

@@ -117,12 +117,15 @@ def read_clip_list(
                 names = [c.strip().lower() for c in row]
                 if "path" in names:
                     if require_label and "label" not in names:
-                        return [], [f"{where}: a header needs path,label[,start,end] columns; got {','.join(row)}"]
+                        return [], [
+                            f"{where}: a header needs path,label[,start,end] columns; got {','.join(row)}"
+                        ]
                     col = {name: names.index(name) for name in COLUMNS if name in names}
                     continue
             if not 2 - (not require_label) <= len(row) <= (len(COLUMNS) if col is None else len(col)):
-                problems.append(f"{where}: expected 'path,label' (then optionally start,end); got "
-                                f"{len(row)} field(s)")
+                problems.append(
+                    f"{where}: expected 'path,label' (then optionally start,end); got {len(row)} field(s)"
+                )
                 continue
             if col is None:
                 cell = {name: row[i].strip() if i < len(row) else "" for i, name in enumerate(COLUMNS)}
@@ -157,6 +160,12 @@ def format_clip_list(records: Sequence[VideoRecord]) -> str:
     out = csv.writer(buffer, lineterminator="\n")
     out.writerow(COLUMNS)
     for r in records:
-        out.writerow([r.path, "" if r.label is None else r.label,
-                      "" if r.start is None else repr(r.start), "" if r.end is None else repr(r.end)])
+        out.writerow(
+            [
+                r.path,
+                "" if r.label is None else r.label,
+                "" if r.start is None else repr(r.start),
+                "" if r.end is None else repr(r.end),
+            ]
+        )
     return buffer.getvalue()

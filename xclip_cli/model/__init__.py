@@ -22,7 +22,15 @@ from .checkpoints import (
 from .config import MAX_FRAMES, XCLIPConfig, backbone_config
 from .xclip import XCLIP, VideoFeatures
 
-__all__ = ["XCLIP", "VideoFeatures", "XCLIPConfig", "check_device", "load_model", "resolve_device", "save_model"]
+__all__ = [
+    "XCLIP",
+    "VideoFeatures",
+    "XCLIPConfig",
+    "check_device",
+    "load_model",
+    "resolve_device",
+    "save_model",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +54,9 @@ def check_device(device: str | torch.device) -> str:
             raise UsageError(f"device {text} requested but CUDA is not available on this machine")
         index = int(text.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
-            raise UsageError(f"device {text} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise UsageError(
+                f"device {text} requested but this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
     if text == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UsageError("device mps requested but MPS is not available on this machine")
     return text
@@ -83,7 +93,9 @@ def load_model(
     """
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= MAX_FRAMES):
+    if frames is not None and (
+        isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= MAX_FRAMES
+    ):
         raise UsageError(f"frames must be a whole number from 1 to {MAX_FRAMES}, got {frames!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UsageError(f"seed must be an integer, got {seed!r}")
@@ -100,7 +112,9 @@ def load_model(
 
 def _native_cpu_bf16() -> bool:
     """Whether this CPU computes bf16 natively (torch's own probes; older torch lacks them: assume yes)."""
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    probes = [
+        getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
     return any(probe() for probe in probes if probe is not None) or all(probe is None for probe in probes)
 
 

@@ -155,7 +155,13 @@ def _identity(value: Any, *_: Any) -> Any:
 #: TorchScript's own pickle helpers for typed lists and dicts: they only return their argument.
 _SCRIPT_HELPERS = {
     f"torch.jit._pickle.{name}": _identity
-    for name in ("build_intlist", "build_doublelist", "build_boollist", "build_tensorlist", "restore_type_tag")
+    for name in (
+        "build_intlist",
+        "build_doublelist",
+        "build_boollist",
+        "build_tensorlist",
+        "restore_type_tag",
+    )
 }
 
 
@@ -171,10 +177,17 @@ def _script_globals() -> dict[str, Any]:
     backward hooks of a rebuilt tensor)."""
     keep = {}
     for name, value in _torch_allowed_globals().items():
-        storage = name.startswith("torch.") and name.endswith("Storage") and (
-            isinstance(value, type) or isinstance(getattr(value, "dtype", None), torch.dtype)
+        storage = (
+            name.startswith("torch.")
+            and name.endswith("Storage")
+            and (isinstance(value, type) or isinstance(getattr(value, "dtype", None), torch.dtype))
         )
-        if name in _REBUILD_FUNCTIONS or storage or isinstance(value, torch.dtype) or name == "collections.OrderedDict":
+        if (
+            name in _REBUILD_FUNCTIONS
+            or storage
+            or isinstance(value, torch.dtype)
+            or name == "collections.OrderedDict"
+        ):
             keep[name] = value
     return keep
 
@@ -192,7 +205,9 @@ class _ScriptUnpickler(pickle.Unpickler):
         qualname = f"{module}.{name}"
         if module == "__torch__" or module.startswith("__torch__."):
             if qualname not in self._classes:
-                self._classes[qualname] = type(name, (_ScriptObject,), {"qualname": qualname, "__module__": __name__})
+                self._classes[qualname] = type(
+                    name, (_ScriptObject,), {"qualname": qualname, "__module__": __name__}
+                )
             return self._classes[qualname]
         if qualname in _SCRIPT_HELPERS:
             return _SCRIPT_HELPERS[qualname]
@@ -266,9 +281,22 @@ def torchscript_state_dict(path: Path) -> dict[str, torch.Tensor]:
         ) from None
     except WeightsError:
         raise
-    except (pickle.UnpicklingError, zipfile.BadZipFile, OSError, EOFError, ValueError, TypeError, KeyError,
-            AttributeError, IndexError, RuntimeError, RecursionError) as err:  # a corrupt archive fails in any of these
-        raise WeightsError(f"{path}: cannot read TorchScript checkpoint, truncated or corrupt ({_short(err)})") from None
+    except (
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        OSError,
+        EOFError,
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        IndexError,
+        RuntimeError,
+        RecursionError,
+    ) as err:  # a corrupt archive fails in any of these
+        raise WeightsError(
+            f"{path}: cannot read TorchScript checkpoint, truncated or corrupt ({_short(err)})"
+        ) from None
     for key in ("input_resolution", "context_length", "vocab_size"):
         state.pop(key, None)
     return state
@@ -279,7 +307,9 @@ def _read_torchscript(path: Path, archive: zipfile.ZipFile) -> dict[str, torch.T
     prefixes = sorted(n[: -len("/data.pkl")] for n in names if n.endswith("/data.pkl") and n.count("/") == 1)
     prefixes = [p for p in prefixes if f"{p}/constants.pkl" in names]
     if len(prefixes) != 1:
-        raise WeightsError(f"{path}: not a TorchScript archive (no single <name>/data.pkl with constants.pkl)")
+        raise WeightsError(
+            f"{path}: not a TorchScript archive (no single <name>/data.pkl with constants.pkl)"
+        )
     prefix = prefixes[0]
     if f"{prefix}/byteorder" in names and archive.read(f"{prefix}/byteorder").strip() not in (b"little", b""):
         raise WeightsError(f"{path}: big-endian TorchScript archives are not supported")
@@ -292,8 +322,15 @@ def _read_torchscript(path: Path, archive: zipfile.ZipFile) -> dict[str, torch.T
     storages: dict[str, torch.UntypedStorage] = {}
 
     def load_storage(storage_type: Any, key: Any, numel: Any) -> torch.storage.TypedStorage:
-        dtype = getattr(storage_type, "dtype", None) if storage_type is not torch.UntypedStorage else torch.uint8
-        if not isinstance(dtype, torch.dtype) or not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
+        dtype = (
+            getattr(storage_type, "dtype", None) if storage_type is not torch.UntypedStorage else torch.uint8
+        )
+        if (
+            not isinstance(dtype, torch.dtype)
+            or not isinstance(key, str)
+            or not isinstance(numel, int)
+            or numel < 0
+        ):
             raise ValueError(f"a storage record that is not a tensor storage ({str(storage_type)[:60]})")
         nbytes = numel * torch.empty((), dtype=dtype).element_size()
         if key not in storages:
@@ -316,15 +353,22 @@ def _read_torchscript(path: Path, archive: zipfile.ZipFile) -> dict[str, torch.T
     return out
 
 
-def _collect(obj: _ScriptObject, prefix: str, out: dict[str, torch.Tensor], classes: _ScriptClasses,
-             parents: tuple[int, ...]) -> None:
+def _collect(
+    obj: _ScriptObject,
+    prefix: str,
+    out: dict[str, torch.Tensor],
+    classes: _ScriptClasses,
+    parents: tuple[int, ...],
+) -> None:
     """Parameters and buffers of `obj` and its submodules under dotted names, in ``state_dict`` order."""
     if len(parents) > _MAX_DEPTH:
         raise ValueError(f"modules nested deeper than {_MAX_DEPTH} levels")
     info = classes.info(obj.qualname)
     state = obj.state
     if not isinstance(state, dict):  # not a module's attributes: what a custom __setstate__ takes
-        raise _Refused(f"its class {obj.qualname.removeprefix('__torch__.')} is restored by its own __setstate__")
+        raise _Refused(
+            f"its class {obj.qualname.removeprefix('__torch__.')} is restored by its own __setstate__"
+        )
     if info and info["parameters"] is not None and info["buffers"] is not None:
         own = info["parameters"] + info["buffers"]
     else:  # no readable class code: every tensor attribute
@@ -349,7 +393,9 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as err:
-            raise WeightsError(f"{path}: cannot read safetensors file, truncated or corrupt ({_short(err)})") from None
+            raise WeightsError(
+                f"{path}: cannot read safetensors file, truncated or corrupt ({_short(err)})"
+            ) from None
     data = torch_load(path)
     if isinstance(data, dict):
         for key in ("model", "state_dict", "module"):
@@ -367,7 +413,9 @@ def _count(state: dict[str, torch.Tensor], pattern: str) -> int:
     return len({m.group(1) for k in state if (m := rx.match(k))})
 
 
-def infer_config(state: dict[str, torch.Tensor], frames: int | None = None, source: str = "checkpoint") -> XCLIPConfig:
+def infer_config(
+    state: dict[str, torch.Tensor], frames: int | None = None, source: str = "checkpoint"
+) -> XCLIPConfig:
     """Architecture from an official-layout (X-CLIP or CLIP) state dict, as the official build_model does."""
     try:
         conv = state["visual.conv1.weight"]
@@ -391,7 +439,9 @@ def infer_config(state: dict[str, torch.Tensor], frames: int | None = None, sour
     except KeyError as err:
         raise WeightsError(f"{source}: not a CLIP/X-CLIP state dict: missing {err.args[0]!r}") from None
     except (IndexError, ValueError) as err:  # tensors of the wrong rank
-        raise WeightsError(f"{source}: not a CLIP/X-CLIP state dict: unexpected tensor shapes ({_short(err)})") from None
+        raise WeightsError(
+            f"{source}: not a CLIP/X-CLIP state dict: unexpected tensor shapes ({_short(err)})"
+        ) from None
     except WeightsError as err:  # the shapes describe no buildable model
         raise WeightsError(f"{source}: the weights' shapes describe no X-CLIP model: {err}") from None
     if ckpt_frames and frames and frames != ckpt_frames:
@@ -434,7 +484,9 @@ _SIZE_MISMATCH = re.compile(
 )
 
 
-def _load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, *, assign: bool = False):
+def _load_weights(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, *, assign: bool = False
+):
     """``load_state_dict(strict=False)`` with shape mismatches as WeightsError naming the parameter."""
     try:
         return module.load_state_dict(state, strict=False, assign=assign)
@@ -480,7 +532,9 @@ def model_from_clip_state(
     state = {k: v for k, v in state.items() if k not in transient}
     missing, unexpected = _load_weights(clip, state, source)
     if missing or unexpected:
-        raise WeightsError(f"{source}: not a CLIP checkpoint of a known layout: {_describe_mismatch(missing, unexpected)}")
+        raise WeightsError(
+            f"{source}: not a CLIP checkpoint of a known layout: {_describe_mismatch(missing, unexpected)}"
+        )
     return XCLIP(config, clip, source=name or source).eval()
 
 
@@ -506,7 +560,12 @@ _PREFIXES = [
     ("prompts_visual_ln.", "prompts_visual_layernorm."),
     ("prompts_generator.norm.", "prompts_generator.layernorm."),
 ]
-_INNER = [(".ln_1.", ".layer_norm1."), (".ln_2.", ".layer_norm2."), (".mlp.c_fc.", ".mlp.fc1."), (".mlp.c_proj.", ".mlp.fc2.")]
+_INNER = [
+    (".ln_1.", ".layer_norm1."),
+    (".ln_2.", ".layer_norm2."),
+    (".mlp.c_fc.", ".mlp.fc1."),
+    (".mlp.c_proj.", ".mlp.fc2."),
+]
 
 
 def hf_names(key: str) -> tuple[list[str], str]:
@@ -521,7 +580,7 @@ def hf_names(key: str) -> tuple[list[str], str]:
     name = key
     for old, new in _PREFIXES:
         if name.startswith(old):
-            name = new + name[len(old):]
+            name = new + name[len(old) :]
             break
     for old, new in _INNER:
         name = name.replace(old, new)
@@ -631,7 +690,10 @@ def config_from_hf(cfg: dict[str, Any], source: str) -> XCLIPConfig:
             log.warning(
                 "%s: config.json gives the %s %d attention heads; the official X-CLIP uses width // 64 = %d, "
                 "which is what we compute (transformers' own outputs differ for this checkpoint)",
-                source, what, theirs, config.mit_heads,
+                source,
+                what,
+                theirs,
+                config.mit_heads,
             )
     return config
 
@@ -653,7 +715,9 @@ def load_hf_dir(path: Path, frames: int | None = None, *, name: str | None = Non
             hf_state = read_tensors(path / name)
             break
     else:
-        raise WeightsError(f"{path}: config.json found but no model.safetensors or pytorch_model.bin next to it")
+        raise WeightsError(
+            f"{path}: config.json found but no model.safetensors or pytorch_model.bin next to it"
+        )
     with torch.device("meta"):
         keys = list(XCLIP(config).state_dict())
     return model_from_state(config, hf_to_official(hf_state, keys), source=str(path), name=name)
@@ -661,7 +725,9 @@ def load_hf_dir(path: Path, frames: int | None = None, *, name: str | None = Non
 
 def _check_frames(have: int, want: int | None, source: str) -> None:
     if want is not None and want != have:
-        raise FrameCountError(f"{source} is a {have}-frame checkpoint; {want} frames need a {want}-frame checkpoint")
+        raise FrameCountError(
+            f"{source} is a {have}-frame checkpoint; {want} frames need a {want}-frame checkpoint"
+        )
 
 
 # -- our own format -----------------------------------------------------------------------------------
@@ -714,7 +780,11 @@ def load_our_dir(path: Path, frames: int | None = None, *, name: str | None = No
         raise WeightsError(f"{path / OUR_CONFIG}: invalid X-CLIP config ({_short(err)})") from None
     _check_frames(config.frames, frames, str(path))
     return model_from_state(
-        config, read_tensors(path / OUR_WEIGHTS), source=str(path), name=name, metadata=doc.get("metadata") or {}
+        config,
+        read_tensors(path / OUR_WEIGHTS),
+        source=str(path),
+        name=name,
+        metadata=doc.get("metadata") or {},
     )
 
 
@@ -729,5 +799,7 @@ def load_file_checkpoint(path: Path, frames: int | None = None, *, name: str | N
     if "visual.conv1.weight" in state:
         return model_from_clip_state(state, frames or 8, source=str(path), name=name)
     if any(k.startswith(("vision_model.", "x_clip.vision_model.")) for k in state):
-        raise WeightsError(f"{path}: transformers weights need their config.json: pass the folder that holds both")
+        raise WeightsError(
+            f"{path}: transformers weights need their config.json: pass the folder that holds both"
+        )
     raise WeightsError(f"{path}: not an X-CLIP or CLIP checkpoint (no visual.conv1.weight)")

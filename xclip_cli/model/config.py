@@ -54,11 +54,13 @@ class XCLIPConfig:
             value = getattr(self, name)
             if value % 64:
                 raise _invalid(
-                    name, f"{name} {value} is not a multiple of 64 (X-CLIP uses width // 64 attention heads of width 64)"
+                    name,
+                    f"{name} {value} is not a multiple of 64 (X-CLIP uses width // 64 attention heads of width 64)",
                 )
         if self.patch_size > self.image_size or self.image_size % self.patch_size:
             raise _invalid(
-                "image_size", f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+                "image_size",
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}",
             )
         for name, (low, high) in (("prompt_alpha", (-1e6, 1e6)), ("drop_path", (0.0, 0.999))):
             value = getattr(self, name)
@@ -68,8 +70,13 @@ class XCLIPConfig:
                 raise _invalid(name, f"{name} {value} is out of range ({low:g} to {high:g})")
         for name in ("mean", "std"):
             value = getattr(self, name)
-            ok = isinstance(value, (tuple, list)) and len(value) == 3 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+            ok = (
+                isinstance(value, (tuple, list))
+                and len(value) == 3
+                and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in value
+                )
             )
             if not ok or (name == "std" and min(value) <= 0):
                 what = "three finite numbers above 0" if name == "std" else "three finite numbers"
@@ -112,7 +119,8 @@ class XCLIPConfig:
         for key in ("mean", "std"):
             if isinstance(data.get(key), list):
                 data[key] = tuple(
-                    float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in data[key]
+                    float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+                    for v in data[key]
                 )
         return cls(**data)
 

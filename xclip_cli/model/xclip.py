@@ -28,7 +28,11 @@ from ._open_clip import import_open_clip
 from .config import XCLIPConfig
 
 open_clip = import_open_clip()
-CLIP, CLIPTextCfg, CLIPVisionCfg = open_clip.model.CLIP, open_clip.model.CLIPTextCfg, open_clip.model.CLIPVisionCfg
+CLIP, CLIPTextCfg, CLIPVisionCfg = (
+    open_clip.model.CLIP,
+    open_clip.model.CLIPTextCfg,
+    open_clip.model.CLIPVisionCfg,
+)
 LayerNorm, QuickGELU = open_clip.transformer.LayerNorm, open_clip.transformer.QuickGELU
 ResidualAttentionBlock = open_clip.transformer.ResidualAttentionBlock
 
@@ -169,7 +173,9 @@ class PromptAttention(nn.Module):
         def split(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(b, x.shape[1], self.heads, c // self.heads).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(split(self.q_proj(q)), split(self.k_proj(k)), split(self.v_proj(v)))
+        out = F.scaled_dot_product_attention(
+            split(self.q_proj(q)), split(self.k_proj(k)), split(self.v_proj(v))
+        )
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
@@ -347,13 +353,19 @@ class XCLIP(nn.Module):
         words, low, high = text.split(), 0, len(text.split())
         while low < high:
             mid = (low + high + 1) // 2
-            low, high = (mid, high) if len(tokenizer.encode(" ".join(words[:mid]))) <= room else (low, mid - 1)
+            low, high = (
+                (mid, high) if len(tokenizer.encode(" ".join(words[:mid]))) <= room else (low, mid - 1)
+            )
         kept = " ".join(words[:low]) if low else tokenizer.decode(tokens[:room]).strip()
         tail = kept if len(kept) <= 40 else "..." + kept[-40:].lstrip()
         shown = text if len(text) <= 60 else text[:57] + "..."
         log.warning(
             "label %r is longer than the text encoder's %d tokens; cut after %r (%d of its %d tokens kept)",
-            shown, context, tail, room, len(tokens),
+            shown,
+            context,
+            tail,
+            room,
+            len(tokens),
         )
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
@@ -430,5 +442,3 @@ class XCLIP(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-

@@ -66,7 +66,9 @@ def _folder_mode() -> int:
     return 0o777 & ~files.umask()
 
 
-def save_checkpoint(run_dir: Path, name: str, model: nn.Module, state: dict[str, Any], metadata: dict[str, Any]) -> Path:
+def save_checkpoint(
+    run_dir: Path, name: str, model: nn.Module, state: dict[str, Any], metadata: dict[str, Any]
+) -> Path:
     """Write ``run_dir/name`` (model folder + state.pt) atomically: a temporary folder, then a rename.
 
     Files and folder get the user's umask. On any error (disk full...) the temporary folder is removed
@@ -152,8 +154,9 @@ class RunLock:
             self.lock = files.FileLock(self.output, what="run folder").acquire()
         except OSError as err:
             self._remove_created()
-            raise RunFolderError(f"--output {self.output}: cannot create or lock the run folder "
-                                 f"({err.strerror or err})") from None
+            raise RunFolderError(
+                f"--output {self.output}: cannot create or lock the run folder ({err.strerror or err})"
+            ) from None
         except BaseException:
             self._remove_created()
             raise
@@ -199,7 +202,9 @@ def _is_run_folder(path: Path) -> bool:
     return isinstance(doc, dict) and doc.get("format") == "xclip-cli-finetune"
 
 
-def open_run_folder(output: Path, config: FinetuneConfig | None, *, resume: bool, overwrite: bool) -> tuple[FinetuneConfig, bool]:
+def open_run_folder(
+    output: Path, config: FinetuneConfig | None, *, resume: bool, overwrite: bool
+) -> tuple[FinetuneConfig, bool]:
     """Decide what to do with `output`: (the config to run, whether a run is being resumed).
 
     A run folder is never replaced silently: an existing, non-empty folder needs ``resume`` (continue
@@ -213,18 +218,25 @@ def open_run_folder(output: Path, config: FinetuneConfig | None, *, resume: bool
         stored = FinetuneConfig.from_dict(json.loads((output / RUN_CONFIG).read_text())["config"])
         if config is not None:
             ignored = [
-                f.name for f in fields(FinetuneConfig)
-                if f.name not in RUNTIME_OPTIONS and getattr(config, f.name) != getattr(stored, f.name)
-                and getattr(config, f.name) != f.default and f.name not in ("freeze",)
+                f.name
+                for f in fields(FinetuneConfig)
+                if f.name not in RUNTIME_OPTIONS
+                and getattr(config, f.name) != getattr(stored, f.name)
+                and getattr(config, f.name) != f.default
+                and f.name not in ("freeze",)
             ]
             if ignored:
-                log.warning("--resume continues with the run's stored configuration; ignoring %s", ", ".join(ignored))
+                log.warning(
+                    "--resume continues with the run's stored configuration; ignoring %s", ", ".join(ignored)
+                )
             for name in RUNTIME_OPTIONS:
                 if getattr(config, name) is not None:
                     setattr(stored, name, getattr(config, name))
         return stored, True
     if config is None or (resume and not (config.data or config.dataset)):
-        raise RunFolderError(f"--resume: {output} holds no run to resume (no {RUN_CONFIG}); give the data to start one")
+        raise RunFolderError(
+            f"--resume: {output} holds no run to resume (no {RUN_CONFIG}); give the data to start one"
+        )
     if exists and not resume:
         if not overwrite:
             raise RunFolderError(
@@ -232,13 +244,17 @@ def open_run_folder(output: Path, config: FinetuneConfig | None, *, resume: bool
                 "or choose another --output"
             )
         if not _is_run_folder(output):
-            raise RunFolderError(f"--overwrite: {output} is not an xclip finetune run folder; refusing to delete it")
+            raise RunFolderError(
+                f"--overwrite: {output} is not an xclip finetune run folder; refusing to delete it"
+            )
     elif exists and resume:
         raise RunFolderError(f"--resume: {output} is not an xclip finetune run folder")
     return config, False
 
 
-def write_run_files(output: Path, config: FinetuneConfig, data: TrainData, derived: dict[str, Any], overwrite: bool) -> None:
+def write_run_files(
+    output: Path, config: FinetuneConfig, data: TrainData, derived: dict[str, Any], overwrite: bool
+) -> None:
     """The files of a new run; config.json last, so that a folder is a run (resumable) only once all are
     there. On an error the files written here are removed again."""
     if overwrite and output.exists():
@@ -258,7 +274,9 @@ def write_run_files(output: Path, config: FinetuneConfig, data: TrainData, deriv
         raise
 
 
-def _write_new_run_files(output: Path, config: FinetuneConfig, data: TrainData, derived: dict[str, Any]) -> None:
+def _write_new_run_files(
+    output: Path, config: FinetuneConfig, data: TrainData, derived: dict[str, Any]
+) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["id", "name"])

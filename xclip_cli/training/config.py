@@ -172,13 +172,20 @@ class FinetuneConfig:
         real("cutmix", lambda v: v >= 0, "0 (off) or a positive Beta alpha")
         real("mixup_switch_prob", lambda v: 0 <= v <= 1, "in [0, 1]")
         real("val_fraction", lambda v: 0 <= v < 1, "in [0, 1)")
-        if not isinstance(self.freeze, (list, tuple)) or not all(isinstance(f, str) and f for f in self.freeze):
+        if not isinstance(self.freeze, (list, tuple)) or not all(
+            isinstance(f, str) and f for f in self.freeze
+        ):
             problems.append(f"--freeze takes non-empty parts of parameter names, got {self.freeze!r}")
         if self.amp is not None and not isinstance(self.amp, bool):
             problems.append(f"--amp must be true, false or unset, got {self.amp!r}")
         if self.precision is not None and self.precision not in PRECISIONS:
             problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if world_size and world_size > 1 and isinstance(self.batch_size, int) and self.batch_size % world_size:
+        if (
+            world_size
+            and world_size > 1
+            and isinstance(self.batch_size, int)
+            and self.batch_size % world_size
+        ):
             problems.append(f"--batch-size {self.batch_size} is not divisible by the {world_size} processes")
         if self.device is not None:
             from ..model import check_device
@@ -245,4 +252,3 @@ class FinetuneResult:
     @property
     def last_checkpoint(self) -> Path:
         return self.run_dir / "last"
-

@@ -61,7 +61,9 @@ def read_clip_list(path: str | os.PathLike[str]) -> tuple[list[VideoRecord], lis
     return clips, problems
 
 
-def _dataset_clips(config: FinetuneConfig) -> tuple[list[str], list[VideoRecord], list[VideoRecord], list[str]]:
+def _dataset_clips(
+    config: FinetuneConfig,
+) -> tuple[list[str], list[VideoRecord], list[VideoRecord], list[str]]:
     """Classes, train and test clips of an official HMDB-51 / UCF-101 split (``xclip_cli.data.datasets``)."""
     from ..data import datasets
 
@@ -96,14 +98,20 @@ def _stratified_split(
     train, val = [], []
     for label in sorted(by_class):
         members = sorted(by_class[label], key=lambda c: (c.path, c.start or 0.0, c.end or 0.0))
-        n_val = 0 if len(members) < 2 else min(len(members) - 1, max(1, math.floor(fraction * len(members) + 0.5)))
+        n_val = (
+            0
+            if len(members) < 2
+            else min(len(members) - 1, max(1, math.floor(fraction * len(members) + 0.5)))
+        )
         chosen = set(rng.permutation(len(members))[:n_val].tolist())
         for i, clip in enumerate(members):
             (val if i in chosen else train).append(clip)
     return train, val
 
 
-def _few_shot(clips: list[VideoRecord], classes: list[str], shots: int, seed: int) -> tuple[list[VideoRecord], list[str]]:
+def _few_shot(
+    clips: list[VideoRecord], classes: list[str], shots: int, seed: int
+) -> tuple[list[VideoRecord], list[str]]:
     """K clips per class, drawn with `seed` (the paper's K-shot protocol), in class order."""
     rng = np.random.default_rng([seed, 0x5E07])
     by_class: dict[str, list[VideoRecord]] = {}
@@ -113,7 +121,9 @@ def _few_shot(clips: list[VideoRecord], classes: list[str], shots: int, seed: in
     for label in classes:
         members = sorted(by_class.get(label, []), key=lambda c: (c.path, c.start or 0.0, c.end or 0.0))
         if len(members) < shots:
-            problems.append(f"class {label!r} has {len(members)} training clip(s), fewer than --shots {shots}")
+            problems.append(
+                f"class {label!r} has {len(members)} training clip(s), fewer than --shots {shots}"
+            )
             continue
         picks = sorted(rng.choice(len(members), size=shots, replace=False).tolist())
         chosen += [members[i] for i in picks]
@@ -224,12 +234,26 @@ class TrainClips(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, clips: Sequence[VideoRecord], labels: Sequence[int], *, frames: int, image_size: int,
-        mean: Sequence[float], std: Sequence[float], seed: int, augment: bool = True,
+        self,
+        clips: Sequence[VideoRecord],
+        labels: Sequence[int],
+        *,
+        frames: int,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        seed: int,
+        augment: bool = True,
     ) -> None:
         self.clips, self.labels = list(clips), list(labels)
-        self.spec = ClipSpec(frames=frames, image_size=image_size, mean=tuple(mean), std=tuple(std), train=True,
-                             augment=augment)
+        self.spec = ClipSpec(
+            frames=frames,
+            image_size=image_size,
+            mean=tuple(mean),
+            std=tuple(std),
+            train=True,
+            augment=augment,
+        )
         self.seed = seed
 
     def __len__(self) -> int:
@@ -266,7 +290,9 @@ class EpochBatches:
     process, so persistent workers see each new epoch.
     """
 
-    def __init__(self, size: int, global_batch: int, batches: int, seed: int, rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self, size: int, global_batch: int, batches: int, seed: int, rank: int = 0, world: int = 1
+    ) -> None:
         self.size, self.global_batch, self.batches = size, global_batch, batches
         self.seed, self.rank, self.world = seed, rank, world
         self.per_rank = global_batch // world
@@ -288,5 +314,3 @@ class EpochBatches:
 
     def __len__(self) -> int:
         return self.batches - self.skip
-
-

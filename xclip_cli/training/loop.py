@@ -81,7 +81,11 @@ class NoProgress:
 # -- validation ---------------------------------------------------------------------------------------------
 @torch.no_grad()
 def validate(
-    model: nn.Module, data: TrainData, clips: Sequence[VideoRecord], *, workers: int,
+    model: nn.Module,
+    data: TrainData,
+    clips: Sequence[VideoRecord],
+    *,
+    workers: int,
     stop: Callable[[], bool] | None = None,
 ) -> tuple[float, float, int]:
     """(top-1 hits, top-5 hits, failures) of `clips` with ``xclip tag``'s own pipeline (1x1 views).
@@ -208,8 +212,15 @@ def finetune(
         try:
             dist, device = init_distributed(config.device or "auto")
             try:
-                trainer = Trainer(run_dir, config, dist, device, resuming=resuming, overwrite=overwrite,
-                                  progress=progress if (progress is not None and dist.main) else NoProgress())
+                trainer = Trainer(
+                    run_dir,
+                    config,
+                    dist,
+                    device,
+                    resuming=resuming,
+                    overwrite=overwrite,
+                    progress=progress if (progress is not None and dist.main) else NoProgress(),
+                )
                 return trainer.run(handle_signals=handle_signals)
             finally:
                 dist.close()
@@ -229,17 +240,34 @@ class Trainer:
     a resumed epoch reports what the uninterrupted one would.
     """
 
-    def __init__(self, run_dir: Path, config: FinetuneConfig, dist: Dist, device: torch.device, *, resuming: bool,
-                 overwrite: bool, progress: Progress) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        config: FinetuneConfig,
+        dist: Dist,
+        device: torch.device,
+        *,
+        resuming: bool,
+        overwrite: bool,
+        progress: Progress,
+    ) -> None:
         from ..data.labels import Vocabulary
         from ..model import load_model
         from ..tagging import encode_vocabulary
 
-        self.run_dir, self.config, self.dist, self.device, self.progress = run_dir, config, dist, device, progress
+        self.run_dir, self.config, self.dist, self.device, self.progress = (
+            run_dir,
+            config,
+            dist,
+            device,
+            progress,
+        )
         # A resumed run trains on the lists it wrote when it started, whatever the CSVs say now.
         data = stored_data(run_dir) if resuming else prepare_data(config, dist.world)
         self.data = data
-        config.validate(dist.world)  # --batch-size divisible by the processes (checked before, from WORLD_SIZE)
+        config.validate(
+            dist.world
+        )  # --batch-size divisible by the processes (checked before, from WORLD_SIZE)
         for warning in data.warnings:
             log.warning("%s", warning)
         state = None
@@ -256,20 +284,35 @@ class Trainer:
 
         self.steps_per_epoch = len(data.train) // (config.batch_size * config.accum_steps)
         self.total_steps = self.steps_per_epoch * config.epochs
-        self.warmup_steps = int(config.warmup_epochs * self.steps_per_epoch)  # official: int(WARMUP_EPOCHS * iters)
+        self.warmup_steps = int(
+            config.warmup_epochs * self.steps_per_epoch
+        )  # official: int(WARMUP_EPOCHS * iters)
         self.min_lr = config.lr / 100 if config.min_lr is None else config.min_lr
         if self.warmup_steps >= self.total_steps and dist.main:
-            log.warning("the warmup (%g epochs) is as long as the run (%d epochs): the learning rate never reaches "
-                        "--lr; lower --warmup-epochs", config.warmup_epochs, config.epochs)
+            log.warning(
+                "the warmup (%g epochs) is as long as the run (%d epochs): the learning rate never reaches "
+                "--lr; lower --warmup-epochs",
+                config.warmup_epochs,
+                config.epochs,
+            )
         self.amp_dtype = config.autocast_dtype(device.type)
         derived = {
-            "classes": data.classes, "train_clips": len(data.train), "val_clips": len(data.val),
-            "world_size": dist.world, "per_process_batch": config.batch_size // dist.world,
-            "clips_per_step": config.batch_size * config.accum_steps, "steps_per_epoch": self.steps_per_epoch,
-            "total_steps": self.total_steps, "warmup_steps": self.warmup_steps, "min_lr": self.min_lr,
-            "frames": model.frames, "image_size": model.image_size,
+            "classes": data.classes,
+            "train_clips": len(data.train),
+            "val_clips": len(data.val),
+            "world_size": dist.world,
+            "per_process_batch": config.batch_size // dist.world,
+            "clips_per_step": config.batch_size * config.accum_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "min_lr": self.min_lr,
+            "frames": model.frames,
+            "image_size": model.image_size,
             "model_source": getattr(model, "source", config.model),
-            "amp": self.amp_dtype is not None, "precision": _precision_name(self.amp_dtype), "device": str(device),
+            "amp": self.amp_dtype is not None,
+            "precision": _precision_name(self.amp_dtype),
+            "device": str(device),
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         }
         dist.barrier()  # every rank has checked the run folder before rank 0 writes to it
@@ -286,21 +329,44 @@ class Trainer:
             # The buffers (class-text features, attention mask) are the same on every rank: never re-sent.
             ddp = nn.parallel.DistributedDataParallel
             quiet = "forward_sync_buffers" in inspect.signature(ddp).parameters  # torch >= 2.14 renamed it
-            net = ddp(net, device_ids=[device.index] if device.type == "cuda" else None,
-                      **({"forward_sync_buffers": False} if quiet else {"broadcast_buffers": False}))
+            net = ddp(
+                net,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                **({"forward_sync_buffers": False} if quiet else {"broadcast_buffers": False}),
+            )
         self.net = net
         groups = param_groups(model, config.lr, config.weight_decay, config.new_lr_mult)
         self.optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-8)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is not None and device.type == "cuda")
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.amp_dtype is not None and device.type == "cuda"
+        )
 
         labels = [data.index(c) for c in data.train]
-        dataset = TrainClips(data.train, labels, frames=model.frames, image_size=model.image_size, mean=model.mean,
-                             std=model.std, seed=config.seed, augment=config.augment)
-        self.batches = EpochBatches(len(data.train), config.batch_size, self.steps_per_epoch * config.accum_steps,
-                                    config.seed, dist.rank, dist.world)
+        dataset = TrainClips(
+            data.train,
+            labels,
+            frames=model.frames,
+            image_size=model.image_size,
+            mean=model.mean,
+            std=model.std,
+            seed=config.seed,
+            augment=config.augment,
+        )
+        self.batches = EpochBatches(
+            len(data.train),
+            config.batch_size,
+            self.steps_per_epoch * config.accum_steps,
+            config.seed,
+            dist.rank,
+            dist.world,
+        )
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=self.batches, num_workers=config.workers, persistent_workers=config.workers > 0,
-            pin_memory=device.type == "cuda", prefetch_factor=4 if config.workers > 0 else None,
+            dataset,
+            batch_sampler=self.batches,
+            num_workers=config.workers,
+            persistent_workers=config.workers > 0,
+            pin_memory=device.type == "cuda",
+            prefetch_factor=4 if config.workers > 0 else None,
         )
 
         self.epoch, self.step = 0, 0
@@ -327,10 +393,17 @@ class Trainer:
         """Train one epoch -> evaluate -> save, until ``config.epochs``; Ctrl-C/SIGTERM (with
         `handle_signals`) save ``last/`` and raise :class:`TrainingInterrupted`."""
         config, data = self.config, self.data
-        self.progress.start({
-            "epochs": config.epochs, "steps_per_epoch": self.steps_per_epoch, "epoch": self.epoch, "step": self.step,
-            "train_clips": len(data.train), "val_clips": len(data.val), "world_size": self.dist.world,
-        })
+        self.progress.start(
+            {
+                "epochs": config.epochs,
+                "steps_per_epoch": self.steps_per_epoch,
+                "epoch": self.epoch,
+                "step": self.step,
+                "train_clips": len(data.train),
+                "val_clips": len(data.val),
+                "world_size": self.dist.world,
+            }
+        )
         try:
             with StopFlag(handle_signals) as stop:
                 while self.epoch < config.epochs:
@@ -363,7 +436,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         iterator = iter(self.loader) if self.step < steps_per_epoch else iter(())
         autocast = self.amp_dtype is not None
-        amp_dtype = self.amp_dtype or (torch.float16 if device.type == "cuda" else torch.bfloat16)  # if off: unused
+        amp_dtype = self.amp_dtype or (
+            torch.float16 if device.type == "cuda" else torch.bfloat16
+        )  # if off: unused
         while self.step < steps_per_epoch:
             try:
                 frames, target = next(iterator)
@@ -375,8 +450,14 @@ class Trainer:
             torch.manual_seed(torch_seed(seq))  # drop-path draws: fixed per micro-batch
             frames = frames.to(device, non_blocking=True)
             target = soft_targets(target.to(device), len(self.data.classes), config.label_smoothing)
-            frames, target = blend(frames, target, np.random.default_rng(seq), mixup=config.mixup,
-                                   cutmix=config.cutmix, switch_prob=config.mixup_switch_prob)
+            frames, target = blend(
+                frames,
+                target,
+                np.random.default_rng(seq),
+                mixup=config.mixup,
+                cutmix=config.cutmix,
+                switch_prob=config.mixup_switch_prob,
+            )
             micro += 1
             last_micro = micro % accum == 0
             with self.net.no_sync() if dist.world > 1 and not last_micro else contextlib.nullcontext():
@@ -405,7 +486,11 @@ class Trainer:
                 stopping = dist.sum([float(stopping)], device)[0] > 0
             if stopping:
                 return False
-            if config.save_every_steps and self.step % config.save_every_steps == 0 and self.step < steps_per_epoch:
+            if (
+                config.save_every_steps
+                and self.step % config.save_every_steps == 0
+                and self.step < steps_per_epoch
+            ):
                 self.save_last()
         return True
 
@@ -424,7 +509,9 @@ class Trainer:
         self.progress.validating(self.epoch, len(data.val))
         tick = time.perf_counter()
         try:
-            top1, top5, failed = validate(self.model, data, shard, workers=config.workers, stop=lambda: stop.set)
+            top1, top5, failed = validate(
+                self.model, data, shard, workers=config.workers, stop=lambda: stop.set
+            )
             halted = stop.set
         except KeyboardInterrupt:
             top1, top5, failed, halted = 0.0, 0.0, 0, True
@@ -433,13 +520,15 @@ class Trainer:
             return None
         schedule = (self.min_lr, self.warmup_steps, self.total_steps)
         return {
-            "epoch": self.epoch + 1, "step": (self.epoch + 1) * self.steps_per_epoch,
+            "epoch": self.epoch + 1,
+            "step": (self.epoch + 1) * self.steps_per_epoch,
             "loss": loss_sum / max(loss_count, 1),
             "lr": lr_at(last_step, config.lr, *schedule),
             "lr_new_modules": lr_at(last_step, config.lr * config.new_lr_mult, *schedule),
             "val_top1": 100.0 * top1 / len(data.val) if data.val else None,
             "val_top5": 100.0 * top5 / len(data.val) if data.val else None,
-            "val_clips": len(data.val), "val_failed": int(failed),
+            "val_clips": len(data.val),
+            "val_failed": int(failed),
             "clips_per_s": self.stats["clips"] / max(self.stats["seconds"], 1e-9),
             "val_seconds": time.perf_counter() - tick,
         }
@@ -484,25 +573,45 @@ class Trainer:
     def snapshot(self) -> dict[str, Any]:
         """``state.pt`` at ``epoch``, ``step``: everything besides the weights that an exact resume needs."""
         return {
-            "format": STATE_FORMAT, "version": 1, "epoch": self.epoch, "step": self.step,
-            "global_step": self.global_step, "optimizer": self.optimizer.state_dict(),
-            "scheduler": {"global_step": self.global_step, "warmup_steps": self.warmup_steps,
-                          "total_steps": self.total_steps, "min_lr": self.min_lr},
+            "format": STATE_FORMAT,
+            "version": 1,
+            "epoch": self.epoch,
+            "step": self.step,
+            "global_step": self.global_step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {
+                "global_step": self.global_step,
+                "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps,
+                "min_lr": self.min_lr,
+            },
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
-            "metrics": self.records, "best": self.best, "epoch_stats": dict(self.stats), "rng": _rng_state(),
+            "metrics": self.records,
+            "best": self.best,
+            "epoch_stats": dict(self.stats),
+            "rng": _rng_state(),
             "seed": self.config.seed,
         }
 
     def metadata(self) -> dict[str, Any]:
         """What the checkpoint's xclip_config.json says about the run (epochs completed, step within)."""
-        return {"labels": self.data.classes, "finetune": {
-            "run": str(self.run_dir), "epoch": self.epoch, "step": self.step, "global_step": self.global_step,
-            "best_val_top1": self.best["val_top1"] if self.best else None}}
+        return {
+            "labels": self.data.classes,
+            "finetune": {
+                "run": str(self.run_dir),
+                "epoch": self.epoch,
+                "step": self.step,
+                "global_step": self.global_step,
+                "best_val_top1": self.best["val_top1"] if self.best else None,
+            },
+        }
 
     def save_last(self) -> None:
         if self.dist.main:
             with writing(self.run_dir, "last/"):
-                checkpoints.save_checkpoint(self.run_dir, "last", self.model, self.snapshot(), self.metadata())
+                checkpoints.save_checkpoint(
+                    self.run_dir, "last", self.model, self.snapshot(), self.metadata()
+                )
 
     def interrupted(self) -> TrainingInterrupted:
         """Save last/ at ``epoch``, ``step`` (the state after that many optimizer steps) and say so."""

@@ -42,10 +42,15 @@ def param_groups(
             buckets["no_decay" if no_decay else "decay"].append(p)
         for kind, params in buckets.items():
             if params:
-                groups.append({
-                    "params": params, "lr": group_lr, "base_lr": group_lr, "name": f"{key}/{kind}",
-                    "weight_decay": 0.0 if kind == "no_decay" else weight_decay,
-                })
+                groups.append(
+                    {
+                        "params": params,
+                        "lr": group_lr,
+                        "base_lr": group_lr,
+                        "name": f"{key}/{kind}",
+                        "weight_decay": 0.0 if kind == "no_decay" else weight_decay,
+                    }
+                )
     return groups
 
 
@@ -69,7 +74,12 @@ def soft_targets(labels: torch.Tensor, classes: int, smoothing: float) -> torch.
 
 
 def blend(
-    frames: torch.Tensor, targets: torch.Tensor, rng: np.random.Generator, *, mixup: float, cutmix: float,
+    frames: torch.Tensor,
+    targets: torch.Tensor,
+    rng: np.random.Generator,
+    *,
+    mixup: float,
+    cutmix: float,
     switch_prob: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Official ``CutmixMixupBlending`` of a batch ``[B, T, 3, H, W]``: cutmix (one box shared by all

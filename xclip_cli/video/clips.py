@@ -110,13 +110,20 @@ def spans_of(task: Span, duration: float | None, spec: ClipSpec) -> list[tuple[f
     end = min(task.end, duration) if task.end is not None else duration
     length, stride = max(0.0, end - start), spec.stride or spec.window
     if length / stride > MAX_WINDOWS_PER_FILE:
-        raise VideoError(task.path, f"{length:.0f} s in windows every {stride:g} s would be more than "
-                                    f"{MAX_WINDOWS_PER_FILE} windows; use a longer --stride")
+        raise VideoError(
+            task.path,
+            f"{length:.0f} s in windows every {stride:g} s would be more than "
+            f"{MAX_WINDOWS_PER_FILE} windows; use a longer --stride",
+        )
     return [(start + s, start + e) for s, e in windows(length, spec.window, spec.stride)]
 
 
 def load_clips(
-    task: Span, spec: ClipSpec, *, rng: np.random.Generator | None = None, generator: torch.Generator | None = None,
+    task: Span,
+    spec: ClipSpec,
+    *,
+    rng: np.random.Generator | None = None,
+    generator: torch.Generator | None = None,
     threads: int | None = None,
 ) -> Iterator[Clip]:
     """Probe `task`'s file and yield its clips one window at a time, decoding only the sampled frames.
@@ -127,7 +134,9 @@ def load_clips(
     """
     info = probe(task.path)
     if spec.window is not None and info.fps > 0 and spec.window < 1.0 / info.fps:
-        raise VideoError(task.path, f"--window {spec.window:g} s is shorter than one frame ({1.0 / info.fps:.3g} s)")
+        raise VideoError(
+            task.path, f"--window {spec.window:g} s is shorter than one frame ({1.0 / info.fps:.3g} s)"
+        )
     for start, end in spans_of(task, info.duration, spec):
         first, count = range_to_frames(info, start, end)
         if spec.train:
@@ -135,15 +144,22 @@ def load_clips(
         else:
             indices = (view_indices(count, spec.frames, spec.clips) + first).reshape(-1)
         frames = read_frames(
-            task.path, indices, short_side=short_side_for(spec.image_size, spec.crops), info=info, threads=threads
+            task.path,
+            indices,
+            short_side=short_side_for(spec.image_size, spec.crops),
+            info=info,
+            threads=threads,
         )
         if spec.train and spec.augment:
             if generator is None:
                 generator = torch.Generator()
                 generator.seed()
-            views = train_transform(frames, image_size=spec.image_size, generator=generator, mean=spec.mean,
-                                    std=spec.std)[None]
+            views = train_transform(
+                frames, image_size=spec.image_size, generator=generator, mean=spec.mean, std=spec.std
+            )[None]
         else:
-            views = test_views(frames, image_size=spec.image_size, crops=spec.crops, mean=spec.mean, std=spec.std)
+            views = test_views(
+                frames, image_size=spec.image_size, crops=spec.crops, mean=spec.mean, std=spec.std
+            )
             views = views.reshape(spec.crops * spec.clips, spec.frames, *views.shape[2:])
         yield Clip(start, end, info.duration, indices.tolist(), views)

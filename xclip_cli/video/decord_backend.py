@@ -67,7 +67,9 @@ def read(
     """
     width, height = size if size is not None else (-1, -1)
     with _native_output(path):
-        vr = decord.VideoReader(os.fspath(path), ctx=decord.cpu(0), width=width, height=height, num_threads=threads)
+        vr = decord.VideoReader(
+            os.fspath(path), ctx=decord.cpu(0), width=width, height=height, num_threads=threads
+        )
     # Sorted unique indices let decord walk the file forward once.
     unique, inverse = np.unique(np.minimum(wanted, len(vr) - 1), return_inverse=True)
     batch = _to_numpy(vr.get_batch(unique.tolist()))
