@@ -323,6 +323,7 @@ def make_row(path: str, start: float | None = None, error: str | None = None, **
         "frames": 8,
         "views": "1x1",
         "model": "xclip-base-patch32",
+        "precision": "fp32",
         "vocabulary": "0123456789ab",
         "error": error,
     }
@@ -376,9 +377,9 @@ def test_csv_cell_formats(tmp_path: Path) -> None:
     lines = path.read_text().splitlines()
     assert (
         lines[1]
-        == 'x.mp4,/videos/x.mp4,0.333,2.333,swim,0.812346,"swim|dive, high|a|b-free run",0.812346|0.15|1e-07,12.500,8,1x1,xclip-base-patch32,0123456789ab,'
+        == 'x.mp4,/videos/x.mp4,0.333,2.333,swim,0.812346,"swim|dive, high|a|b-free run",0.812346|0.15|1e-07,12.500,8,1x1,xclip-base-patch32,fp32,0123456789ab,'
     )
-    assert lines[2] == "y.mp4,/videos/y.mp4,,,,,,,12.500,8,1x1,xclip-base-patch32,0123456789ab,boom"
+    assert lines[2] == "y.mp4,/videos/y.mp4,,,,,,,12.500,8,1x1,xclip-base-patch32,fp32,0123456789ab,boom"
 
 
 def test_format_for() -> None:

@@ -544,10 +544,7 @@ def write_predictions(evaluation: Evaluation, path: str | Path) -> None:
 
 def write_plots(evaluation: Evaluation, folder: str | Path) -> list[Path]:
     """Per split: ``<split>_confusion.png`` (row-normalised) and ``<split>_per_class_accuracy.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from . import plots
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -561,7 +558,8 @@ def write_plots(evaluation: Evaluation, folder: str | Path) -> list[Path]:
         totals = counts.sum(axis=1, keepdims=True)
         normalised = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
         size = min(24.0, max(5.0, 0.18 * k))
-        fig, ax = plt.subplots(figsize=(size, size))
+        fig = plots.figure(size, size)
+        ax = fig.subplots()
         image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
@@ -570,14 +568,13 @@ def write_plots(evaluation: Evaluation, folder: str | Path) -> list[Path]:
             ax.set_xticks(range(k), names, rotation=90, fontsize=6)
             ax.set_yticks(range(k), names, fontsize=6)
         fig.colorbar(image, ax=ax, fraction=0.046)
-        fig.tight_layout()
         path = folder / f"{result.split.name}_confusion.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        plots.save(fig, path)
         written.append(path)
 
         per_class = per_class_accuracy(probs, labels, k)
-        fig, ax = plt.subplots(figsize=(min(40.0, max(6.0, 0.16 * k)), 4.5))
+        fig = plots.figure(min(40.0, max(6.0, 0.16 * k)), 4.5)
+        ax = fig.subplots()
         ax.bar(
             range(k),
             np.nan_to_num(per_class),
@@ -588,9 +585,7 @@ def write_plots(evaluation: Evaluation, folder: str | Path) -> list[Path]:
         ax.set_title(f"{title}: per-class top-1 accuracy (grey: no videos)")
         if k <= 120:
             ax.set_xticks(range(k), names, rotation=90, fontsize=6)
-        fig.tight_layout()
         path = folder / f"{result.split.name}_per_class_accuracy.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        plots.save(fig, path)
         written.append(path)
     return written

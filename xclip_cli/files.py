@@ -126,6 +126,23 @@ def read_bytes(path: PathLike, timeout: float | None = None) -> bytes:
     return with_timeout(read, timeout, what=f"reading {path}")
 
 
+class TextError(ValueError):
+    """A user's file that is not text we can read; ``str()`` is ``"<path>:<line>: <what>"``."""
+
+
+def decode_text(data: bytes, path: PathLike) -> str:
+    """The text of a user's file: UTF-8 (a BOM is dropped), or UTF-16 with a BOM (what spreadsheet
+    programs write as "Unicode text"). TextError names the file and the line where decoding failed."""
+    encoding = "utf-16" if data.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise TextError(
+            f"{os.fspath(path)}:{line}: not valid {encoding.removesuffix('-sig').upper()} text"
+        ) from None
+
+
 def with_timeout(fn: Callable[[], T], timeout: float | None, what: str = "reading a file") -> T:
     """``fn()`` in a helper thread; TimeoutError after `timeout` seconds (the thread is left to finish or
     hang on its own: a read blocked in the kernel cannot be cancelled, but it no longer holds the run)."""

@@ -10,7 +10,7 @@ A row is a plain dict, one per video (or per segment of a video)::
     scores      list[float]  their scores
     duration    float|None   video duration in seconds
     frames      int          frames sampled per view;  views: str such as "1x1" (clips x crops)
-    model       str          model name;  vocabulary: str, `Vocabulary.key`
+    model       str          model name;  precision: str, fp32 / bf16 / fp16;  vocabulary: str, `Vocabulary.key`
     error       str|None     why this input could not be tagged (the other result fields are then empty)
     all_scores  dict         label -> score for the whole vocabulary (JSON/JSONL only, optional)
 
@@ -55,7 +55,7 @@ __all__ = [
 #: Column order of CSV reports (and key order of JSON rows, which may add `all_scores`).
 ROW_FIELDS: tuple[str, ...] = (
     "path", "file", "start", "end", "label", "score", "labels", "scores",
-    "duration", "frames", "views", "model", "vocabulary", "error",
+    "duration", "frames", "views", "model", "precision", "vocabulary", "error",
 )  # fmt: skip
 FORMATS: tuple[str, ...] = ("table", "csv", "json", "jsonl")
 _BY_EXTENSION = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -67,7 +67,7 @@ PathLike = str | os.PathLike[str]
 
 
 #: Fields a row of an older xclip report may lack (it is still ours).
-_NEWER_FIELDS = ("file",)
+_NEWER_FIELDS = ("file", "precision")
 
 
 class ReportError(XClipError):
@@ -92,7 +92,7 @@ def resolved_path(path: PathLike) -> str:
 
 
 def row_key(row: Mapping[str, Any]) -> tuple:
-    """What identifies a row for `--resume`: (file, start, model, frames, views, vocabulary).
+    """What identifies a row for `--resume`: (file, start, model, precision, frames, views, vocabulary).
 
     `file` is the resolved path (rows of older reports without it: their path resolved now), so a
     report resumed from another folder or through a symlink still matches. `start` is rounded to
@@ -105,6 +105,7 @@ def row_key(row: Mapping[str, Any]) -> tuple:
         row.get("file") or resolved_path(row["path"]),
         None if start is None else round(float(start), 3),
         row.get("model"),
+        row.get("precision"),
         None if frames is None else int(frames),
         row.get("views"),
         row.get("vocabulary"),
@@ -242,11 +243,12 @@ def read_report(path: PathLike) -> list[dict[str, Any]]:
 def _read_text(p: Path, data: bytes | None = None) -> str:
     if data is None:
         data = _read_bytes(p)
+    from . import files
+
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1 if data else 1
-        raise ReportError(f"{p}:{line}: not UTF-8 text; is this a report?") from None
+        return files.decode_text(data, p)
+    except files.TextError as err:
+        raise ReportError(f"{err}; is this a report?") from None
 
 
 def _parse_json(p: Path, text: str) -> list[dict[str, Any]]:

@@ -300,6 +300,7 @@ class TagRun:
             "frames": self.spec.frames,
             "views": self.spec.views_label,
             "model": self.model_name,
+            "precision": self.model.precision,
             "vocabulary": self.vocabulary.key,
             "error": result.error,
         }
@@ -308,9 +309,11 @@ class TagRun:
         return row
 
     def same_run(self, row: dict[str, Any]) -> bool:
-        """Whether a report row was made with this run's model, frames, views and vocabulary."""
-        return (row.get("model"), row.get("frames"), row.get("views"), row.get("vocabulary")) == (
+        """Whether a report row was made with this run's model, precision, frames, views and vocabulary."""
+        keys = ("model", "precision", "frames", "views", "vocabulary")
+        return tuple(row.get(k) for k in keys) == (
             self.model_name,
+            self.model.precision,
             self.spec.frames,
             self.spec.views_label,
             self.vocabulary.key,
@@ -512,7 +515,7 @@ def prepare(
     window: float | None = None,
     stride: float | None = None,
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str | None = None,
     batch_size: int = 4,
     workers: int = 2,
     timeout: float = 120.0,
@@ -524,7 +527,8 @@ def prepare(
     """Check the options, load the model, encode the vocabulary and set up sampling once; see :func:`tag`.
 
     Everything that can be checked without the model (option values, labels, the cache folder) is
-    checked before it loads.
+    checked before it loads. `model` may also be a loaded XCLIP: `precision` and `frames` must then be
+    left out or match it (they are the model's own).
     """
     check_options(
         frames=frames,
@@ -546,9 +550,16 @@ def prepare(
     cache_writable = check_cache_folder(Path(cache)) if cache is not None else None
     model_name = model if isinstance(model, str) else getattr(model, "source", "model")
     if isinstance(model, str):
-        net = load_model(model, device=device, precision=precision, frames=frames, seed=seed)
+        net = load_model(model, device=device, precision=precision or "fp32", frames=frames, seed=seed)
     else:
         net = model
+        if precision is not None and precision != net.precision:
+            raise UsageError(
+                f"precision={precision!r} was given with a model object in {net.precision}: convert the model "
+                "(load_model(..., precision=...)) or leave precision out"
+            )
+        if frames is not None and frames != net.frames:
+            raise UsageError(f"frames={frames} was given with a {net.frames}-frame model object")
     spec = ClipSpec(
         frames=net.frames,
         image_size=net.image_size,

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import UsageError
-from ..files import READ_TIMEOUT_S, read_bytes
+from ..files import READ_TIMEOUT_S, TextError, decode_text, read_bytes
 from .discover import DEFAULT_EXTENSIONS
 from .labels import read_labels
 from .records import VideoRecord, read_clip_list
@@ -193,10 +193,9 @@ def _read_text(path: Path, what: str) -> str:
     except OSError as err:
         raise DatasetError(f"cannot read {what} {path}: {err.strerror or err}") from None
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise DatasetError(f"{path}:{line}: not UTF-8 text") from None
+        return decode_text(data, path)
+    except TextError as err:
+        raise DatasetError(str(err)) from None
 
 
 def _lines(path: Path, what: str) -> Iterable[tuple[int, str]]:

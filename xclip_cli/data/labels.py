@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
-from ..files import READ_TIMEOUT_S, read_bytes
+from ..files import READ_TIMEOUT_S, TextError, decode_text, read_bytes
 
 __all__ = ["DEFAULT_TEMPLATES", "LabelsError", "Vocabulary", "build_vocabulary", "read_labels"]
 
@@ -83,18 +83,13 @@ def _read_entries(path: PathLike) -> list[tuple[int, str]]:
 
 
 def _decode(p: Path, data: bytes) -> str:
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        encoding = "utf-16"
-    elif b"\x00" in data:
+    if b"\x00" in data and not data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         # NUL never occurs in UTF-8 text; it does in images, checkpoints, videos, archives...
         raise LabelsError(f"{p} looks like a binary file, not a list of labels")
-    else:
-        encoding = "utf-8-sig"  # strips a BOM if there is one
     try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise LabelsError(f"{p}:{line}: not valid {encoding.split('-sig')[0].upper()} text") from None
+        return decode_text(data, p)
+    except TextError as err:
+        raise LabelsError(str(err)) from None
 
 
 def _is_csv_header(line: str) -> bool:

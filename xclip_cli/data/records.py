@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..files import READ_TIMEOUT_S, read_bytes
+from ..files import READ_TIMEOUT_S, TextError, decode_text, read_bytes
 
 __all__ = ["COLUMNS", "VideoRecord", "file_problem", "format_clip_list", "read_clip_list"]
 
@@ -98,10 +98,9 @@ def read_clip_list(
             return [], [f"{file}: is a folder, not a CSV clip list"]
         return [], [f"{file}: cannot read ({err.strerror or err})"]
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        return [], [f"{file}:{line}: not UTF-8 text"]
+        text = decode_text(raw, file)
+    except TextError as err:
+        return [], [str(err)]
     reader = csv.reader(io.StringIO(text, newline=""))
     records: list[VideoRecord] = []
     problems: list[str] = []

@@ -301,12 +301,10 @@ def write_metrics(output: Path, records: Sequence[dict[str, Any]]) -> None:
 
 def plot_curves(path: Path, records: Sequence[dict[str, Any]]) -> None:
     """``curves.png``: training loss, and validation top-1/top-5, per epoch (written atomically)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from .. import plots
 
     epochs = [r["epoch"] for r in records]
-    fig = Figure(figsize=(10, 3.8))
-    FigureCanvasAgg(fig)
+    fig = plots.figure(10, 3.8)
     left, right = fig.subplots(1, 2)
     left.plot(epochs, [r["loss"] for r in records], marker="o", ms=3)
     left.set(xlabel="epoch", ylabel="training loss", title="loss")
@@ -318,15 +316,7 @@ def plot_curves(path: Path, records: Sequence[dict[str, Any]]) -> None:
     right.set(xlabel="epoch", ylabel="validation accuracy (%)", title="accuracy", ylim=(0, 101))
     for ax in (left, right):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    plots.save(fig, path)
 
 
 def try_plot(path: Path, records: Sequence[dict[str, Any]]) -> None:
