@@ -24,7 +24,6 @@ from helpers import SHARED, VIDEOS
 from xclip_cli.data.datasets import (
     K400_TO_K600_RENAMES,
     DatasetError,
-    Record,
     Split,
     csv_dataset,
     hmdb51,
@@ -36,6 +35,7 @@ from xclip_cli.data.datasets import (
     novel_subsets,
     ucf101,
 )
+from xclip_cli.data.records import VideoRecord
 from xclip_cli.evaluation import (
     accuracy,
     confusion_matrix,
@@ -242,7 +242,8 @@ def test_protocol_with_known_scores(tmp_path):
     classes = [f"class {i}" for i in range(7)]
     for name in ["v0", "v1", "v2", "v3", "v4", "broken"]:
         (tmp_path / f"{name}.mp4").write_bytes(b"")
-    records = [Record(f"v{i}.mp4", int(label)) for i, label in enumerate(labels)] + [Record("broken.mp4", 1)]
+    records = [VideoRecord(f"v{i}.mp4", classes[label]) for i, label in enumerate(labels)]
+    records.append(VideoRecord("broken.mp4", classes[1]))
     listed = [r.path for r in records] + ["gone.mp4"]
     split = Split("split1", records, ["gone.mp4"], classes, {}, str(tmp_path), "csv", "test", listed)
     scorer = KnownScores(classes, {f"v{i}.mp4": p for i, p in enumerate(probs)}, errors={"broken.mp4"})
@@ -259,8 +260,12 @@ def test_subsets_with_other_vocabularies_are_renormalised(tmp_path):
     """Splits scored against different class subsets: one scoring pass over the union, then renormalised."""
     (tmp_path / "a.mp4").write_bytes(b"")
     union = ["x", "y", "z"]
-    first = Split("subset1", [Record("a.mp4", 1)], [], ["x", "y"], root=str(tmp_path), listed=["a.mp4"])
-    second = Split("subset2", [Record("a.mp4", 0)], [], ["y", "z"], root=str(tmp_path), listed=["a.mp4"])
+    first = Split(
+        "subset1", [VideoRecord("a.mp4", "y")], [], ["x", "y"], root=str(tmp_path), listed=["a.mp4"]
+    )
+    second = Split(
+        "subset2", [VideoRecord("a.mp4", "y")], [], ["y", "z"], root=str(tmp_path), listed=["a.mp4"]
+    )
     scorer = KnownScores(union, {"a.mp4": [0.2, 0.3, 0.5]})
     result = evaluate([first, second], scorer)
     assert scorer.seen == ["a.mp4"]  # scored once for both splits
@@ -348,8 +353,7 @@ def test_hmdb_layout(hmdb_root):
         assert split.listed == hmdb_listed(k)
         assert split.missing == [p for p in hmdb_listed(k) if "Gone" in p]
     test = hmdb51(hmdb_root, 1)
-    names = label_list("hmdb51")[0]
-    assert {r.path: names[r.label] for r in test.records} == {
+    assert {r.path: r.label for r in test.records} == {
         "wave/RATRACE_wave_f_nm_np1_fr_goo_37.avi": "wave",
         "wave/SchoolRulesHowTheyHelpUs_wave_f_nm_np1_ba_med_0.avi": "wave",
         "fall_floor/Broken_fall_floor_f_nm_np1_ba_bad_0.avi": "fall floor",
@@ -367,13 +371,15 @@ def test_ucf_layout(ucf_root):
     names = test.class_names
     assert len(names) == 101 and names[:3] == ["ApplyEyeMakeup", "ApplyLipstick", "Archery"]
     assert names == label_list("ucf101")[0]  # classInd order is X-CLIP's label order
-    assert {r.path: names[r.label] for r in test.records} == {
+    assert {r.path: r.label for r in test.records} == {
         "CricketShot/v_CricketShot_g04_c01.avi": "CricketShot",
         "HandstandPushups/v_HandStandPushups_g01_c01.avi": "HandstandPushups",
     }
     assert test.missing == ["ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi"]
     train = ucf101(ucf_root, 1, subset="train")
-    assert [(r.path, r.label) for r in train.records] == [("SoccerJuggling/v_SoccerJuggling_g23_c01.avi", 83)]
+    assert [(r.path, r.label) for r in train.records] == [
+        ("SoccerJuggling/v_SoccerJuggling_g23_c01.avi", names[83])
+    ]
     assert train.missing == ["CricketShot/v_CricketShot_g08_c01.avi"]
     with pytest.raises(DatasetError, match="testlist02.txt"):
         ucf101(ucf_root, 2)
@@ -384,7 +390,7 @@ def test_kinetics_layout(kinetics_root):
     split = kinetics(kinetics_root)
     names = split.class_names
     assert len(names) == 400
-    assert [(r.path, names[r.label]) for r in split.records] == [
+    assert [(r.path, r.label) for r in split.records] == [
         ("val/using segway/R6llTwEh07w_000000_000010.mp4", "using segway"),
         ("SOX5yA1l24A_000299_000309.mp4", "using segway"),
     ]
@@ -419,7 +425,7 @@ def test_csv_layout(tmp_path):
     (tmp_path / "list.csv").write_text("path,label\na.mp4,ride a bike\nb.mp4,0\n")
     split = csv_dataset(tmp_path / "list.csv", labels=tmp_path / "labels.txt")
     assert split.class_names == ["swim", "ride a bike"]
-    assert split.records == [Record("a.mp4", 1)] and split.missing == ["b.mp4"]
+    assert split.records == [VideoRecord("a.mp4", "ride a bike")] and split.missing == ["b.mp4"]
     (tmp_path / "bad.csv").write_text("a.mp4,swim\nb.mp4\n")
     with pytest.raises(DatasetError, match=r"bad.csv:2: expected 'path,label'"):
         csv_dataset(tmp_path / "bad.csv")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xclip_cli.data.datasets import DatasetError, Record, csv_dataset
+from xclip_cli.data.datasets import DatasetError, csv_dataset
 from xclip_cli.data.records import VideoRecord, format_clip_list, read_clip_list
 from xclip_cli.video.clips import ClipSpec
 from xclip_cli.video.sampling import segment_indices, view_indices
@@ -58,7 +58,7 @@ def test_eval_csv_reads_the_same_grammar(tmp_path):
     (tmp_path / "a.mp4").write_bytes(b"x")
     (tmp_path / "list.csv").write_text("a.mp4,swim,2,5\nb.mp4,run\n")
     split = csv_dataset(tmp_path / "list.csv")
-    assert split.records == [Record("a.mp4", 1, 2.0, 5.0)] and split.missing == ["b.mp4"]
+    assert split.records == [VideoRecord("a.mp4", "swim", 2.0, 5.0)] and split.missing == ["b.mp4"]
     assert split.videos() == [VideoRecord(str(tmp_path / "a.mp4"), "swim", 2.0, 5.0)]
     (tmp_path / "bad.csv").write_text("a.mp4,swim,x\n,run\n")
     with pytest.raises(

@@ -296,7 +296,7 @@ def evaluate(
     tasks: dict[tuple[str, float | None, float | None], VideoTask] = {}
     for split in splits:
         for record in split.records:
-            task = VideoTask(str(split.path_of(record)), record.start, record.end)
+            task = VideoTask(str(split.path_of(record)), record.label, record.start, record.end)
             tasks.setdefault((task.path, task.start, task.end), task)
     scores = _score(run, list(tasks.values()), labels, progress)
 
@@ -305,6 +305,7 @@ def evaluate(
         index = np.asarray([position[c] for c in split.class_names])
         restrict = not (len(index) == len(labels) and (index == np.arange(len(labels))).all())
         by_path = {r.path: r for r in split.records}
+        class_index = {name: i for i, name in enumerate(split.class_names)}
         split_predictions = []
         for path in split.listed:
             if path not in by_path:  # listed, not on disk (its label is not kept: -1)
@@ -316,7 +317,7 @@ def evaluate(
                 probs = probs[index]
                 if restrict:
                     probs = probs / probs.sum()
-            split_predictions.append(Prediction(path, record.label, probs, error))
+            split_predictions.append(Prediction(path, class_index[record.label], probs, error))
         result = SplitResult(split, split_predictions, {})
         result.metrics = split_metrics(*result.arrays(), len(split.class_names))
         results.append(result)

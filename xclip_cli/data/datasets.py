@@ -1,14 +1,15 @@
 """Dataset layouts -> records: HMDB-51, UCF-101, Kinetics-400/600, Kinetics-600 zero-shot classes, CSV lists.
 
-Each loader returns a :class:`Split`: the videos a split lists, as :class:`Record` (path relative to the
-split's ``root``, 0-based label into ``class_names``), the listed videos that are not on disk (``missing``:
+Each loader returns a :class:`Split`: the videos a split lists, as
+:class:`~xclip_cli.data.records.VideoRecord` (path relative to the split's ``root``, the class name as
+``label``: one of ``class_names``), the listed videos that are not on disk (``missing``:
 never dropped silently), the label texts in vocabulary order, and the sha256 of every file that defined it::
 
     from xclip_cli.data.datasets import hmdb51, ucf101
     test = hmdb51("/data/hmdb51", split=1)                 # the official test list of split 1
     train = ucf101("/data/ucf101", split=1, subset="train")  # trainlist01, for fine-tuning
     for r in train.records:
-        print(train.path_of(r), train.class_names[r.label])
+        print(train.path_of(r), r.label)
 
 Layouts (see ``../shared/data/splits/FORMATS.md`` of the project for the evidence):
 
@@ -49,7 +50,6 @@ __all__ = [
     "DATASETS",
     "K400_TO_K600_RENAMES",
     "DatasetError",
-    "Record",
     "Split",
     "csv_dataset",
     "hmdb51",
@@ -106,33 +106,18 @@ class DatasetError(UsageError):
     """A dataset layout, split file or list that cannot be used; the message names the file (and line)."""
 
 
-@dataclass(frozen=True)
-class Record:
-    """One listed video of a split: ``path`` relative to the split's root (or absolute), 0-based ``label``
-    into ``Split.class_names``. :meth:`Split.videos` gives the same videos as :class:`VideoRecord` (absolute
-    path, class name), the record type of every command.
-
-    ``start``/``end`` (seconds) restrict scoring to a range of the file; None for trimmed clips.
-    """
-
-    path: str
-    label: int
-    start: float | None = None
-    end: float | None = None
-
-
 @dataclass
 class Split:
     """The videos of one split of a dataset and everything that defines it.
 
     ``records`` are the listed videos found on disk and ``missing`` the listed ones that are not (paths
     as listed, relative to ``root``); ``listed`` is every listed path in list order. ``class_names`` are
-    the label texts in vocabulary order (``Record.label`` indexes it). ``files`` maps every file that
+    the label texts in vocabulary order (each record's ``label`` is one of them). ``files`` maps every file that
     defined the split (split lists, annotations, label list) to its sha256.
     """
 
     name: str
-    records: list[Record]
+    records: list[VideoRecord]
     missing: list[str]
     class_names: list[str]
     files: dict[str, str] = field(default_factory=dict)
@@ -141,7 +126,7 @@ class Split:
     subset: str = "test"
     listed: list[str] = field(default_factory=list)
 
-    def path_of(self, record: Record) -> Path:
+    def path_of(self, record: VideoRecord) -> Path:
         """The file of `record` (its path joined to ``root``; absolute paths stay as they are)."""
         return Path(self.root) / record.path
 
@@ -151,7 +136,7 @@ class Split:
         return [
             VideoRecord(
                 os.path.abspath(self.path_of(r)),
-                self.class_names[r.label],
+                r.label,
                 r.start,
                 r.end,
                 f"{where}: {r.path}" if where else r.path,
@@ -232,8 +217,8 @@ def _find_dir(root: Path, given: PathLike | None, pattern: str, what: str) -> Pa
 def _split_record(
     root: Path,
     rel: str,
-    label: int,
-    records: list[Record],
+    label: str,
+    records: list[VideoRecord],
     missing: list[str],
     listed: list[str],
     seen: set[str],
@@ -245,7 +230,7 @@ def _split_record(
     seen.add(rel)
     listed.append(rel)
     if (root / rel).is_file():
-        records.append(Record(rel, label, start, end))
+        records.append(VideoRecord(rel, label, start, end))
     else:
         missing.append(rel)
 
@@ -277,7 +262,7 @@ def hmdb51(root: PathLike, split: int = 1, subset: str = "test", splits_dir: Pat
         log.warning("%s: split files of %d of the %d HMDB-51 classes", folder, len(split_files), len(names))
     index = {name: i for i, name in enumerate(names)}
     target = "2" if subset == "test" else "1"
-    records: list[Record] = []
+    records: list[VideoRecord] = []
     missing: list[str] = []
     listed: list[str] = []
     seen: set[str] = set()
@@ -293,7 +278,7 @@ def hmdb51(root: PathLike, split: int = 1, subset: str = "test", splits_dir: Pat
             if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
                 raise DatasetError(f"{path}:{number}: expected '<clip>.avi <0|1|2>', got {line!r}")
             if fields[1] == target:
-                _split_record(base, f"{cls}/{fields[0]}", label, records, missing, listed, seen)
+                _split_record(base, f"{cls}/{fields[0]}", names[label], records, missing, listed, seen)
     return Split(f"split{split}", records, missing, names, files, str(base), "hmdb51", subset, listed)
 
 
@@ -328,7 +313,7 @@ def ucf101(root: PathLike, split: int = 1, subset: str = "test", splits_dir: Pat
     index = {name: i for i, name in enumerate(names)}
     folded = {name.lower(): i for i, name in enumerate(names)}
     list_file = folder / f"{subset}list{split:02d}.txt"
-    records: list[Record] = []
+    records: list[VideoRecord] = []
     missing: list[str] = []
     listed: list[str] = []
     seen: set[str] = set()
@@ -352,7 +337,7 @@ def ucf101(root: PathLike, split: int = 1, subset: str = "test", splits_dir: Pat
                 )
         elif len(fields) != 1:
             raise DatasetError(f"{list_file}:{number}: expected '<Class>/<clip>.avi', got {line!r}")
-        _split_record(base, rel, label, records, missing, listed, seen)
+        _split_record(base, rel, names[label], records, missing, listed, seen)
     files = {str(class_file): sha256_of(class_file), str(list_file): sha256_of(list_file)}
     return Split(f"split{split}", records, missing, names, files, str(base), "ucf101", subset, listed)
 
@@ -457,7 +442,7 @@ def _kinetics_split(
     subset: str,
 ) -> Split:
     label_of = {n: i for i, n in enumerate(names)}
-    records: list[Record] = []
+    records: list[VideoRecord] = []
     missing: list[str] = []
     listed: list[str] = []
     seen: set[str] = set()
@@ -474,7 +459,7 @@ def _kinetics_split(
         seen.add(key)
         listed.append(key)
         if found:
-            records.append(Record(found, label_of[row.label]))
+            records.append(VideoRecord(found, names[label_of[row.label]]))
         else:
             missing.append(rel)
     return Split(name, records, missing, names, dict(files), str(base), dataset, subset, listed)
@@ -603,7 +588,7 @@ def csv_dataset(path: PathLike, labels: PathLike | None = None, root: PathLike |
         names = sorted({label for _, _, label in entries})
     label_of = {name: i for i, name in enumerate(names)}
     base = Path(root).expanduser().absolute() if root is not None else file.parent
-    records: list[Record] = []
+    records: list[VideoRecord] = []
     missing: list[str] = []
     listed: list[str] = []
     seen: set[str] = set()
@@ -613,7 +598,7 @@ def csv_dataset(path: PathLike, labels: PathLike | None = None, root: PathLike |
             index = int(label)
         if index is None:
             raise DatasetError(f"{row.where}: label {label!r} is not in {labels}")
-        _split_record(base, video, index, records, missing, listed, seen, row.start, row.end)
+        _split_record(base, video, names[index], records, missing, listed, seen, row.start, row.end)
     return Split(file.stem, records, missing, names, files, str(base), "csv", "test", listed)
 
 

@@ -106,7 +106,7 @@ def validate(
     workers = workers if len(clips) > 16 * max(1, workers) else 0
     run = TagRun(model, Vocabulary(list(data.classes)), spec, "finetune", batch_size=8, workers=workers)
     index = {name: i for i, name in enumerate(run.vocabulary.labels)}
-    tasks = [VideoTask(c.path, c.start, c.end) for c in clips]
+    tasks = [VideoTask(c.path, c.label, c.start, c.end) for c in clips]
     top1 = top5 = failed = 0
     try:
         with contextlib.closing(run.results(tasks)) as stream:

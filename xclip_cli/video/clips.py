@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ..data.records import VideoRecord
 from ..errors import UsageError
 from ..options import MAX_CLIPS, MAX_WINDOWS_PER_FILE
 from .decode import VideoError, probe, read_frames
@@ -66,16 +67,9 @@ class Span(Protocol):
     def end(self) -> float | None: ...
 
 
-@dataclass(frozen=True)
-class VideoTask:
-    """One input to decode: a file, optionally restricted to ``[start, end)`` seconds.
-
-    The decode side of a ``VideoRecord`` (which adds the label): what tagging keys its cache and rows on.
-    """
-
-    path: str
-    start: float | None = None
-    end: float | None = None
+#: One input to decode: the one record type of every command (a file, its label if any, an optional
+#: ``[start, end)`` range in seconds). Tagging keys its cache and rows on ``path``, ``start`` and ``end``.
+VideoTask = VideoRecord
 
 
 @dataclass
