@@ -551,7 +551,7 @@ def test_few_shot_and_stratified_validation_split(clips):
         data=str(clips / "train.csv"), shots=4, val_fraction=0.25, seed=7, batch_size=2, accum_steps=1
     )
     data = prepare_data(config)
-    assert data.classes == ["growing", "shrinking"]
+    assert data.class_names == ["growing", "shrinking"]
     assert [c.label for c in data.train] == ["growing"] * 4 + ["shrinking"] * 4
     assert sorted(c.label for c in data.val) == ["growing"] * 16 + ["shrinking"] * 16
     assert not {c.path for c in data.train} & {c.path for c in data.val}
@@ -670,7 +670,7 @@ def test_dataset_layout_trains_on_its_train_list_and_validates_on_its_test_list(
         (tmp_path / f"{folder.name}_test_split1.txt").write_text("\n".join(lines) + "\n")
     config = FinetuneConfig(dataset="hmdb51", root=str(tmp_path), split=1, batch_size=2, accum_steps=1)
     data = prepare_data(config)
-    assert data.classes == names and len(data.train) == 2 * 51 and len(data.val) == 51
+    assert data.class_names == names and len(data.train) == 2 * 51 and len(data.val) == 51
     assert {c.label for c in data.val} == set(names) and all(c.path.endswith("_2.avi") for c in data.val)
 
     (tmp_path / "wave" / "wave_1.avi").unlink()

@@ -52,10 +52,12 @@ def encode_vocabulary(model: XCLIP, vocabulary: Vocabulary, batch_size: int = 25
 
 # -- scores -------------------------------------------------------------------------------------------
 @torch.no_grad()
-def view_probabilities(model: XCLIP, features: VideoFeatures, text: torch.Tensor, views: int) -> torch.Tensor:
-    """Softmax over the vocabulary per view, averaged over each video's `views` (official: summed)."""
+def view_probabilities(
+    model: XCLIP, features: VideoFeatures, text: torch.Tensor, num_views: int
+) -> torch.Tensor:
+    """Softmax over the vocabulary per view, averaged over each video's `num_views` (official: summed)."""
     probs = model.logits(features, text).softmax(dim=-1)
-    return probs.view(-1, views, probs.shape[-1]).mean(dim=1).cpu()
+    return probs.view(-1, num_views, probs.shape[-1]).mean(dim=1).cpu()
 
 
 def score_fields(
@@ -131,14 +133,14 @@ class FeatureCache:
                 "model": model_fingerprint(model),
                 "frames": spec.frames,
                 "image_size": spec.image_size,
-                "views": spec.views_label,
+                "views": spec.views,
                 "window": spec.window,
                 "stride": spec.stride,
                 "version": 1,
             },
             sort_keys=True,
         )
-        self.views = spec.views
+        self.num_views = spec.num_views
         self.embed_dim = model.config.embed_dim
         self.writable = check_cache_folder(self.root) if writable is None else writable
 
@@ -186,7 +188,7 @@ class FeatureCache:
             or not all(isinstance(m, dict) and {"start", "end", "duration"} <= m.keys() for m in meta)
         ):
             raise ValueError("bad clip list")
-        rows = len(meta) * self.views
+        rows = len(meta) * self.num_views
         if (
             embedding.shape != (rows, self.embed_dim)
             or tokens.ndim != 3
@@ -200,7 +202,7 @@ class FeatureCache:
             )
         if not (torch.isfinite(embedding).all() and torch.isfinite(tokens).all()):
             raise ValueError("non-finite features")
-        v = self.views
+        v = self.num_views
         return [
             (m, VideoFeatures(embedding[i * v : (i + 1) * v], tokens[i * v : (i + 1) * v]))
             for i, m in enumerate(meta)
@@ -298,7 +300,7 @@ class TagRun:
             "scores": [],
             "duration": result.duration,
             "frames": self.spec.frames,
-            "views": self.spec.views_label,
+            "views": self.spec.views,
             "model": self.model_name,
             "precision": self.model.precision,
             "vocabulary": self.vocabulary.key,
@@ -315,7 +317,7 @@ class TagRun:
             self.model_name,
             self.model.precision,
             self.spec.frames,
-            self.spec.views_label,
+            self.spec.views,
             self.vocabulary.key,
         )
 
@@ -329,10 +331,10 @@ class TagRun:
         if not tasks:
             return []
         feats = VideoFeatures.cat([f for p in tasks for _, f in p.clips])
-        step = SCORE_BATCH * self.spec.views  # whole videos per chunk
+        step = SCORE_BATCH * self.spec.num_views  # whole videos per chunk
         probs = torch.cat(
             [
-                view_probabilities(self.model, feats[j : j + step], self.text, self.spec.views)
+                view_probabilities(self.model, feats[j : j + step], self.text, self.spec.num_views)
                 for j in range(0, len(feats), step)
             ]
         )
@@ -358,7 +360,7 @@ class TagRun:
     def _encode(self, batch: list[tuple[_Pending, int, Clip]]) -> None:
         views = torch.cat([clip.views for _, _, clip in batch])
         feats = self.model.encode_video(views.to(self.model.device, non_blocking=True)).to("cpu")
-        n = self.spec.views
+        n = self.spec.num_views
         for j, (pending, index, _) in enumerate(batch):
             pending.clips[index] = (pending.clips[index][0], feats[j * n : (j + 1) * n])
 

@@ -1,5 +1,6 @@
 """Checkpoints (``last/``, ``best/``: a model folder + ``state.pt``, replaced atomically) and the run folder
-(lock, refusal to replace what is not ours, the files of a run, metrics, curves)."""
+(lock, refusal to replace what is not ours, the files of a run; its metrics and curves are written by
+xclip_cli.reports.training)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,11 @@ import torch
 from torch import nn
 
 from .. import __version__, files
+from ..reports.training import (  # noqa: F401 - the run's metrics and curves live in reports.training
+    plot_curves,
+    try_plot,
+    write_metrics,
+)
 from .config import (
     LOCK_NAME,
     RUN_CONFIG,
@@ -280,7 +286,7 @@ def _write_new_run_files(
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["id", "name"])
-    writer.writerows(enumerate(data.classes))
+    writer.writerows(enumerate(data.class_names))
     write_text(output / "labels.csv", buffer.getvalue())
     write_clip_list(output / "train.csv", data.train)
     write_clip_list(output / "val.csv", data.val)
@@ -293,34 +299,3 @@ def _write_new_run_files(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_text(output / RUN_CONFIG, json.dumps(doc, indent=2) + "\n")
-
-
-def write_metrics(output: Path, records: Sequence[dict[str, Any]]) -> None:
-    write_text(output / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-
-
-def plot_curves(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    """``curves.png``: training loss, and validation top-1/top-5, per epoch (written atomically)."""
-    from .. import plots
-
-    epochs = [r["epoch"] for r in records]
-    fig = plots.figure(10, 3.8)
-    left, right = fig.subplots(1, 2)
-    left.plot(epochs, [r["loss"] for r in records], marker="o", ms=3)
-    left.set(xlabel="epoch", ylabel="training loss", title="loss")
-    val = [r for r in records if r.get("val_top1") is not None]
-    if val:
-        right.plot([r["epoch"] for r in val], [r["val_top1"] for r in val], marker="o", ms=3, label="top-1")
-        right.plot([r["epoch"] for r in val], [r["val_top5"] for r in val], marker="s", ms=3, label="top-5")
-        right.legend()
-    right.set(xlabel="epoch", ylabel="validation accuracy (%)", title="accuracy", ylim=(0, 101))
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-    plots.save(fig, path)
-
-
-def try_plot(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    try:
-        plot_curves(path, records)
-    except Exception as err:  # a plot must never end a training run
-        log.warning("cannot draw %s: %s", path, err)

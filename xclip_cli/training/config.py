@@ -243,7 +243,7 @@ class FinetuneResult:
     run_dir: Path
     metrics: list[dict[str, Any]]
     best: dict[str, Any] | None
-    classes: list[str]
+    class_names: list[str]
 
     @property
     def best_checkpoint(self) -> Path:

@@ -31,7 +31,7 @@ LabeledClip = VideoRecord
 class TrainData:
     """The clips of a run: class names (row = class index), training and validation clips."""
 
-    classes: list[str]
+    class_names: list[str]
     train: list[VideoRecord]
     val: list[VideoRecord]
     warnings: list[str] = field(default_factory=list)
@@ -40,7 +40,7 @@ class TrainData:
         return self._index[clip.label]
 
     def __post_init__(self) -> None:
-        self._index = {name: i for i, name in enumerate(self.classes)}
+        self._index = {name: i for i, name in enumerate(self.class_names)}
 
 
 def read_clip_list(path: str | os.PathLike[str]) -> tuple[list[VideoRecord], list[str]]:

@@ -104,7 +104,7 @@ def validate(
     spec = ClipSpec(frames=model.frames, image_size=model.image_size, mean=model.mean, std=model.std)
     # Decoding processes cost more to start than a few dozen clips take to decode.
     workers = workers if len(clips) > 16 * max(1, workers) else 0
-    run = TagRun(model, Vocabulary(list(data.classes)), spec, "finetune", batch_size=8, workers=workers)
+    run = TagRun(model, Vocabulary(list(data.class_names)), spec, "finetune", batch_size=8, workers=workers)
     index = {name: i for i, name in enumerate(run.vocabulary.labels)}
     tasks = [VideoTask(c.path, c.label, c.start, c.end) for c in clips]
     top1 = top5 = failed = 0
@@ -297,7 +297,7 @@ class Trainer:
             )
         self.amp_dtype = config.autocast_dtype(device.type)
         derived = {
-            "classes": data.classes,
+            "classes": data.class_names,
             "train_clips": len(data.train),
             "val_clips": len(data.val),
             "world_size": dist.world,
@@ -322,7 +322,7 @@ class Trainer:
         dist.barrier()
 
         model.eval()
-        text = encode_vocabulary(model, Vocabulary(list(data.classes))).detach()
+        text = encode_vocabulary(model, Vocabulary(list(data.class_names))).detach()
         model.train()
         net: nn.Module = Classifier(model, text).to(device)
         if dist.world > 1:
@@ -419,7 +419,7 @@ class Trainer:
         if self.dist.main:
             with writing(self.run_dir, "metrics.jsonl"):
                 write_metrics(self.run_dir, self.records)
-        return FinetuneResult(self.run_dir, self.records, self.best, list(data.classes))
+        return FinetuneResult(self.run_dir, self.records, self.best, list(data.class_names))
 
     def train_one_epoch(self, stop: StopFlag) -> bool:
         """The optimizer steps left in this epoch (all of them, or those after a resumed ``step``).
@@ -449,7 +449,7 @@ class Trainer:
             seq = seed_sequence(config.seed, 0xB1E7, self.epoch, micro, dist.rank)
             torch.manual_seed(torch_seed(seq))  # drop-path draws: fixed per micro-batch
             frames = frames.to(device, non_blocking=True)
-            target = soft_targets(target.to(device), len(self.data.classes), config.label_smoothing)
+            target = soft_targets(target.to(device), len(self.data.class_names), config.label_smoothing)
             frames, target = blend(
                 frames,
                 target,
@@ -596,7 +596,7 @@ class Trainer:
     def metadata(self) -> dict[str, Any]:
         """What the checkpoint's xclip_config.json says about the run (epochs completed, step within)."""
         return {
-            "labels": self.data.classes,
+            "labels": self.data.class_names,
             "finetune": {
                 "run": str(self.run_dir),
                 "epoch": self.epoch,

@@ -48,11 +48,13 @@ class ClipSpec:
             raise ValueError("training mode takes one view (1x1) of the whole range, no windows")
 
     @property
-    def views(self) -> int:
+    def num_views(self) -> int:
+        """Views per video (or window): clips x crops."""
         return self.clips * self.crops
 
     @property
-    def views_label(self) -> str:
+    def views(self) -> str:
+        """The views as written on the command line and in reports: ``"CLIPSxCROPS"``."""
         return f"{self.clips}x{self.crops}"
 
 

@@ -1,10 +1,10 @@
 """Report writers for `xclip tag`: table, CSV, JSON and JSONL; incremental, crash-safe and resumable.
 
-A row is a plain dict, one per video (or per segment of a video)::
+A row is a plain dict, one per video (or per window of a video)::
 
     path        str          the input path as discovered
     file        str          the input's resolved absolute path (what --resume matches on)
-    start, end  float|None   segment bounds in seconds (None: the whole video)
+    start, end  float|None   window bounds in seconds (None: the whole video)
     label       str|None     top-1 label;  score: float|None, its score
     labels      list[str]    the reported labels (top-k or above the threshold), best first
     scores      list[float]  their scores
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .errors import EXIT_SOME_FAILED, EXIT_USAGE, XClipError
+from ..errors import EXIT_SOME_FAILED, EXIT_USAGE, XClipError
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs Python 3.11
@@ -178,7 +178,7 @@ def _csv_cell(name: str, value: Any) -> str:
     if name == "score":
         return _score_text(value)
     if name in _TIME_FIELDS:
-        # Milliseconds rather than 6 significant digits: 6 digits would blur segment starts after 28 h.
+        # Milliseconds rather than 6 significant digits: 6 digits would blur window starts after 28 h.
         return f"{float(value):.3f}"
     return str(value)
 
@@ -243,7 +243,7 @@ def read_report(path: PathLike) -> list[dict[str, Any]]:
 def _read_text(p: Path, data: bytes | None = None) -> str:
     if data is None:
         data = _read_bytes(p)
-    from . import files
+    from .. import files
 
     try:
         return files.decode_text(data, p)
@@ -410,7 +410,7 @@ def _existing_report(path: str, fmt: str, action: str) -> _Existing:
 
 
 def _read_bytes(p: Path) -> bytes:
-    from . import files
+    from .. import files
 
     try:
         return files.read_bytes(p, timeout=files.READ_TIMEOUT_S)
@@ -691,20 +691,20 @@ def _rich_table(rows: list[dict[str, Any]]) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    segments = any(row.get("start") is not None for row in rows)
+    windows = any(row.get("start") is not None for row in rows)
     errors = sum(1 for row in rows if row.get("error"))
     caption = f"{len(rows)} row{'s' if len(rows) != 1 else ''}" + (f", {errors} failed" if errors else "")
     table = Table(caption=caption)
     table.add_column("path", overflow="fold")
-    if segments:
-        table.add_column("segment (s)", no_wrap=True)
+    if windows:
+        table.add_column("window (s)", no_wrap=True)
     table.add_column("label")
     table.add_column("score", justify="right")
     table.add_column("next labels")
     for row in rows:
         # Text() everywhere: a label or path holding "[...]" must not be read as rich markup.
         cells: list[Any] = [Text(row["path"])]
-        if segments:
+        if windows:
             start, end = row.get("start"), row.get("end")
             cells.append(Text("" if start is None else f"{start:.1f}–{'' if end is None else f'{end:.1f}'}"))
         if row.get("error"):
@@ -729,7 +729,7 @@ def _open_report(path: str, mode: str) -> TextIO:
 
 def _atomic_write(path: str, write: Callable[[TextIO], Any]) -> None:
     """Replace `path` with what `write` produces, all or nothing (see :func:`xclip_cli.files.atomic_write`)."""
-    from . import files
+    from .. import files
 
     files.atomic_write(path, write)
 
@@ -786,7 +786,7 @@ def open_writer(
     if resume and fmt == "table":
         raise ValueError("a table report cannot be resumed: use a .csv, .json or .jsonl output")
     check_output(path, inputs)
-    from . import files
+    from .. import files
 
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

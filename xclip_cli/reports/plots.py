@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import files
+from .. import files
 
 
 def figure(width: float, height: float) -> Any:
