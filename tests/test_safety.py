@@ -69,6 +69,8 @@ BAD_OPTIONS = [
     (["--top-k", "0"], "--top-k"),
     (["--batch-size", "0"], "--batch-size"),
     (["--workers", "-1"], "--workers"),
+    (["--threads", "0"], "--threads"),
+    (["--threads", "-1"], "--threads"),
     (["--views", "0x1"], "--views"),
     (["--views", "100000x3"], "--views"),
     (["--views", "axb"], "--views"),

@@ -108,6 +108,7 @@ def tag_command(
     progress: ShowProgress = True,
 ) -> None:
     """Score every video against your labels and write a report (stdout or --output)."""
+    from .. import options
     from ..reports import format_for
     from ..tagging import tag
 
@@ -119,6 +120,7 @@ def tag_command(
     report_format = format_for(output, fmt.value if fmt else None, sys.stdout.isatty())
     if "-" in paths and sys.stdin.isatty():
         log.warning("reading paths from the terminal; end with Ctrl-D")
+    options.check_run(threads=threads)  # the rest are checked by tag(), before anything loads
     set_threads(threads)
     failed = written = 0
     with Reporter("tagging", done_verb="tagged", unit="videos", enabled=progress) as bar:
