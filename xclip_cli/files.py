@@ -80,14 +80,24 @@ def atomic_write(path: PathLike, write: Callable[[IO[Any]], Any], *, binary: boo
     fsync_folder(target.parent)
 
 
-def publish_file(temporary: PathLike, target: PathLike) -> None:
-    """Give a finished temporary file (written by a library into our folder) the umask's mode and rename
-    it onto `target`, durably."""
-    os.chmod(temporary, default_mode())
-    with open(temporary, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(temporary, target)
-    fsync_folder(Path(target).parent)
+def atomic_save(path: PathLike, save: Callable[[str], Any]) -> None:
+    """Replace `path` with the file ``save(temporary_name)`` writes, for libraries that write by name
+    (safetensors): a temporary file in the same folder, the umask's mode, fsync, rename. On any error the
+    temporary file is removed and `path` is left as it was."""
+    target = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(handle)
+    try:
+        save(temporary)
+        os.chmod(temporary, default_mode())  # mkstemp makes 0600 files
+        with open(temporary, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    fsync_folder(target.parent)
 
 
 def is_regular(path: PathLike) -> bool:

@@ -215,21 +215,15 @@ class FeatureCache:
 
         path = self._file(key)
         feats = VideoFeatures.cat([f for _, f in clips]).to("cpu")
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tensors = {
+            "embedding": feats.embedding.contiguous(),
+            "prompt_tokens": feats.prompt_tokens.contiguous(),
+        }
+        metadata = {"clips": json.dumps([m for m, _ in clips])}
         try:
             path.parent.mkdir(exist_ok=True)
-            save_file(
-                {
-                    "embedding": feats.embedding.contiguous(),
-                    "prompt_tokens": feats.prompt_tokens.contiguous(),
-                },
-                str(tmp),
-                metadata={"clips": json.dumps([m for m, _ in clips])},
-            )
-            files.publish_file(tmp, path)
+            files.atomic_save(path, lambda name: save_file(tensors, name, metadata=metadata))
         except Exception as err:  # safetensors raises its own types for I/O errors
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             self.writable = False
             self._warn("write", "cannot write to %s (%s); going on without storing features", self.root, err)
 
@@ -496,8 +490,12 @@ def check_options(
     threshold: float | None = None,
     views: str = "1x1",
     device: str = "auto",
+    **_others: Any,
 ) -> None:
-    """Every option value of a tag run, checked before anything is loaded (UsageError, exit 2)."""
+    """Every option value of a tag run, checked before anything is loaded (UsageError, exit 2).
+
+    Takes :func:`prepare`'s settings as they are; those that need the model or a file are checked there.
+    """
     options.check_frames(frames)
     options.check_window(window, stride)
     options.check_run(timeout=timeout, batch_size=batch_size, workers=workers)
@@ -615,7 +613,7 @@ def tag(
         mix; discovered, sorted and deduplicated as the command does.
     output: write the report here as well (``"-"``: stdout; None: only yield rows); `fmt` (csv, json,
         jsonl, table) defaults to the extension, JSONL for stdout. `resume` continues it (inputs already
-        in it for this model, frames, views and vocabulary are skipped); `overwrite` replaces it.
+        in it for this model, precision, frames, views and vocabulary are skipped); `overwrite` replaces it.
     progress: ``progress(done, total, path)`` once before the first input (``done`` 0) and after each.
     run: a :class:`TagRun` from :func:`prepare`, to tag many batches with one loaded model; otherwise
         `settings` are :func:`prepare`'s (``labels``, ``labels_files``, ``templates``, ``model``,
@@ -630,7 +628,7 @@ def tag(
     from .reports import format_for, open_writer
 
     if run is None:
-        check_options(**{k: v for k, v in settings.items() if k in _CHECKED})
+        check_options(**settings)
         if not settings.get("labels") and not settings.get("labels_files"):
             raise UsageError("no labels: pass --labels FILE and/or --label TEXT")
     if isinstance(inputs, (str, Path, VideoTask)):
@@ -673,7 +671,7 @@ def tag(
         done = completed_paths(existing, run)
         if any(not run.same_run(row) for row in existing):
             log.warning(
-                "%s holds rows of another model, frame count, views or vocabulary: it will hold two runs",
+                "%s holds rows of another model, precision, frame count, views or vocabulary: it will hold two runs",
                 output,
             )
         todo = [t for t in tasks if resolved_path(t.path) not in done] if done else tasks
@@ -691,18 +689,3 @@ def tag(
                 return  # stdout's reader went away (`| head`): nobody wants more rows
             if progress is not None:
                 progress(finished, len(todo), results[0].path)
-
-
-#: The settings of :func:`prepare` that :func:`check_options` checks.
-_CHECKED = (
-    "frames",
-    "window",
-    "stride",
-    "batch_size",
-    "workers",
-    "timeout",
-    "top_k",
-    "threshold",
-    "views",
-    "device",
-)

@@ -19,13 +19,10 @@ refused with a WeightsError ("refusing to load: ... would run code").
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import pickle
 import re
-import tempfile
 import types
 import zipfile
 from pathlib import Path
@@ -36,7 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import FrameCountError, WeightsError
-from ..files import atomic_write, publish_file
+from ..files import atomic_save, atomic_write
 from .config import XCLIPConfig
 from .xclip import XCLIP
 
@@ -739,15 +736,7 @@ def save_model(model: XCLIP, path: str | Path, metadata: dict[str, Any] | None =
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    handle, tmp = tempfile.mkstemp(prefix=f".{OUR_WEIGHTS}.", suffix=".tmp", dir=path)
-    os.close(handle)
-    try:
-        save_file(state, tmp)
-        publish_file(tmp, path / OUR_WEIGHTS)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_save(path / OUR_WEIGHTS, lambda name: save_file(state, name))
     doc = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
