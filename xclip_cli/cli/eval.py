@@ -108,14 +108,13 @@ def eval_command(
 
     raise_on_sigterm()
     # Option values and outputs first: one line and exit 2 before any list is read or model loaded.
-    options.check_frames(frames)
-    options.check_run(timeout=timeout, batch_size=batch_size, workers=workers, threads=threads)
+    options.check_run(threads=threads)
     from ..evaluation import check_outputs
-    from ..model import check_device
-    from ..video.clips import parse_views
+    from ..tagging import check_options
 
-    parse_views(views)
-    check_device(device)
+    check_options(
+        frames=frames, views=views, device=device, batch_size=batch_size, workers=workers, timeout=timeout
+    )
     check_outputs(output, predictions, overwrite=overwrite)
     splits = load_splits(
         dataset.value,
