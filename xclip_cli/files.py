@@ -176,6 +176,10 @@ def with_timeout(fn: Callable[[], T], timeout: float | None, what: str = "readin
     return box["value"]
 
 
+#: The sidecar a folder's lock is taken on, inside it (a run folder's ``RUN/.lock``).
+FOLDER_LOCK = ".lock"
+
+
 class FileLock:
     """An exclusive lock on `target` (a report or a run folder) held for a whole run.
 
@@ -197,7 +201,7 @@ class FileLock:
         self.target = Path(target)
         self.what = what
         self.path = (
-            self.target / ".lock"
+            self.target / FOLDER_LOCK
             if self.target.is_dir()
             else self.target.with_name(f".{self.target.name}.lock")
         )

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import EXIT_SOME_FAILED, EXIT_USAGE, UsageError, XClipError
+from ..files import FOLDER_LOCK
+from ..options import MAX_FRAMES
 from .distributed import world_size as distributed_world_size
 
 STATE_FILE = "state.pt"
@@ -19,16 +21,9 @@ RUN_CONFIG = "config.json"
 PLOT_EVERY_S = 60.0
 #: Options that only change how a run executes, never its results: they may differ on --resume.
 RUNTIME_OPTIONS = ("workers", "device", "threads")
-#: The most frames per clip --frames takes (the paper trains 8, 16 and 32).
-MAX_FRAMES = 64
-LOCK_NAME = ".lock"
+LOCK_NAME = FOLDER_LOCK
 #: What --precision takes: fp32, or autocast to fp16 (with loss scaling on CUDA) or bf16.
 PRECISIONS = ("fp32", "fp16", "bf16")
-
-
-#: The most frames per clip --frames takes (the paper trains 8, 16 and 32).
-MAX_FRAMES = 64
-LOCK_NAME = ".lock"
 
 
 class DataError(XClipError):
