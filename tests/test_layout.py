@@ -150,3 +150,20 @@ def test_importing_the_cli_loads_no_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]", proc.stdout
+
+
+def test_loading_a_saved_model_imports_no_open_clip(tiny_dir):
+    """``xclip tag`` with a saved model starts fast: open_clip's package import (timm, torchvision and with
+    it torch._dynamo) takes seconds, and loading, tokenizing and running a saved model need none of it."""
+    code = f"""
+import sys, torch
+import xclip_cli.model
+from xclip_cli import load_model
+model = load_model({str(tiny_dir)!r})
+with torch.no_grad():
+    model(torch.zeros(1, model.frames, 3, model.image_size, model.image_size), model.tokenize(["ride a bike"]))
+print(sorted(m for m in ("open_clip", "torchvision", "timm", "torch._dynamo") if m in sys.modules))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout

@@ -10,7 +10,7 @@ import torch
 from helpers import SHARED, TINY, frames_for, hf_model_from, randomize, save_official, tiny_model
 
 from xclip_cli import load_model, save_model
-from xclip_cli.errors import FrameCountError, WeightsError
+from xclip_cli.errors import FrameCountError, UsageError, WeightsError
 from xclip_cli.model import XCLIP, XCLIPConfig
 
 LABELS = ["ride a bike", "swimming", "playing guitar in the rain"]
@@ -31,7 +31,7 @@ def _save_hf(model: XCLIP, path):
 def test_tiny_transformers_parity(tmp_path, videos):
     model = tiny_model(seed=videos)
     hf = _save_hf(model, tmp_path / "hf")
-    loaded = load_model(tmp_path / "hf")
+    loaded = load_model(tmp_path / "hf", precision="fp32")
     frames = frames_for(TINY, videos)
     ids = loaded.tokenize(LABELS)
     with torch.no_grad():
@@ -70,7 +70,7 @@ def test_full_base_patch32_official_layout_and_parity(tmp_path):
     assert len(ours) == 443
     pth = save_official(model, tmp_path / "k400_32_8.pth")
     del model
-    loaded = load_model(pth)
+    loaded = load_model(pth, precision="fp32")
     frames, ids = frames_for(loaded.config, 2), loaded.tokenize(LABELS)
     with torch.no_grad():
         ours_logits = loaded(frames, ids)
@@ -79,7 +79,7 @@ def test_full_base_patch32_official_layout_and_parity(tmp_path):
     # transformers' own folder format of the same weights loads to the same logits
     hf.save_pretrained(tmp_path / "hf")
     del hf
-    again = load_model(tmp_path / "hf")
+    again = load_model(tmp_path / "hf", precision="fp32")
     with torch.no_grad():
         torch.testing.assert_close(again(frames, ids), ours_logits, atol=1e-5, rtol=0)
 
@@ -87,7 +87,7 @@ def test_full_base_patch32_official_layout_and_parity(tmp_path):
 def test_official_pth_loads_strictly(tmp_path):
     model = tiny_model(seed=5)
     path = save_official(model, tmp_path / "ckpt.pth")
-    loaded = load_model(path)
+    loaded = load_model(path, precision="fp32")
     for (k, a), (k2, b) in zip(sorted(model.state_dict().items()), sorted(loaded.state_dict().items())):
         assert k == k2 and torch.equal(a, b)
     state = model.state_dict()
@@ -101,7 +101,7 @@ def test_official_pth_loads_strictly(tmp_path):
 def test_round_trip_identical(tmp_path):
     model = tiny_model(seed=7)
     save_model(model, tmp_path / "mine", metadata={"labels": LABELS})
-    loaded = load_model(tmp_path / "mine")
+    loaded = load_model(tmp_path / "mine", precision="fp32")
     frames, ids = frames_for(TINY), model.tokenize(LABELS)
     with torch.no_grad():
         assert torch.equal(model(frames, ids), loaded(frames, ids))
@@ -213,7 +213,7 @@ def test_registry_name_resolves_to_local_copy(tmp_path, monkeypatch):
     model = tiny_model(seed=9)
     monkeypatch.setenv("XCLIP_WEIGHTS", str(tmp_path))
     save_official(model, tmp_path / "k400_32_8.pth")
-    loaded = load_model("xclip-b32-k400")
+    loaded = load_model("xclip-b32-k400", precision="fp32")
     assert torch.equal(
         loaded.state_dict()["mit.positional_embedding"], model.state_dict()["mit.positional_embedding"]
     )
@@ -231,7 +231,7 @@ def test_hub_cache_layout_is_used(tmp_path, monkeypatch):
     (tmp_path / "hub" / "models--someone--tiny-xclip" / "refs").mkdir()
     (tmp_path / "hub" / "models--someone--tiny-xclip" / "refs" / "main").write_text("0" * 40)
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    loaded = load_model("someone/tiny-xclip")
+    loaded = load_model("someone/tiny-xclip", precision="fp32")
     frames, ids = frames_for(TINY), model.tokenize(LABELS)
     with torch.no_grad():
         torch.testing.assert_close(loaded(frames, ids), model(frames, ids), atol=1e-5, rtol=0)
@@ -243,7 +243,7 @@ def test_open_clip_backbone_gets_official_init(tmp_path):
 
     clip = randomize(build_clip(TINY), seed=11)
     torch.save(clip.state_dict(), tmp_path / "clip.pt")
-    model = load_model(tmp_path / "clip.pt", frames=16)
+    model = load_model(tmp_path / "clip.pt", frames=16, precision="fp32")
     assert model.frames == 16
     sd = model.state_dict()
     for key, value in clip.state_dict().items():
@@ -266,7 +266,7 @@ def test_open_clip_random_backbone_and_offline_tag():
 @pytest.mark.parametrize("precision", ["bf16"])
 def test_reduced_precision_agrees(precision, tmp_path):
     save_model(tiny_model(seed=2), tmp_path / "m")
-    full = load_model(tmp_path / "m")
+    full = load_model(tmp_path / "m", precision="fp32")
     low = load_model(tmp_path / "m", precision=precision)
     assert low.dtype == torch.bfloat16 and low.precision == "bf16"
     frames = frames_for(TINY, 4)
@@ -279,10 +279,134 @@ def test_reduced_precision_agrees(precision, tmp_path):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_on_a_cpu_without_bf16_instructions_warns(native, tmp_path, monkeypatch, caplog):
+    from xclip_cli import precision
+
     save_model(tiny_model(seed=2), tmp_path / "m")
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.delenv("XCLIP_PRECISION")  # left out, the precision is auto again
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: native)
     with caplog.at_level("WARNING"):
-        load_model(tmp_path / "m", precision="bf16")
-        load_model(tmp_path / "m")
+        assert load_model(tmp_path / "m", precision="bf16").precision == "bf16"
+        assert "slower than fp32" in caplog.text if not native else "slower" not in caplog.text
+        caplog.clear()
+        # auto picks bf16 only where the CPU has bf16 units, and never warns
+        assert load_model(tmp_path / "m").precision == ("bf16" if native else "fp32")
+        assert load_model(tmp_path / "m", precision="fp16").precision == "bf16"  # fp16 on the CPU: bf16
+    assert "fp16 is not supported well on the CPU" in caplog.text
     assert ("slower than fp32" in caplog.text) is not native
+
+
+def test_precision_auto_is_the_default_and_checked(tiny_dir, monkeypatch):
+    from xclip_cli import precision
+
+    monkeypatch.delenv("XCLIP_PRECISION")  # left out, the precision is auto again
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: True)
+    assert load_model(tiny_dir).precision == "bf16" == load_model(tiny_dir, precision="auto").precision
+    assert load_model(tiny_dir, precision=None).precision == "bf16"
+    assert load_model(tiny_dir, precision="fp32").dtype == torch.float32
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: False)
+    assert load_model(tiny_dir).precision == "fp32"
+    with pytest.raises(UsageError, match="unknown precision 'fp8'.*auto, fp32, bf16, fp16"):
+        load_model(tiny_dir, precision="fp8")
+
+
+# -- our CLIP towers are open_clip's ------------------------------------------------------------------
+def _open_clip_clip(config: XCLIPConfig):
+    """open_clip's own ``CLIP(quick_gelu=True)`` with the backbone shapes of `config`."""
+    from xclip_cli.model._open_clip import import_open_clip
+
+    model = import_open_clip().model
+    vision = model.CLIPVisionCfg(
+        layers=config.vision_layers,
+        width=config.vision_width,
+        head_width=64,
+        patch_size=config.patch_size,
+        image_size=config.image_size,
+    )
+    text = model.CLIPTextCfg(
+        context_length=config.context_length,
+        vocab_size=config.vocab_size,
+        width=config.text_width,
+        heads=config.text_heads,
+        layers=config.text_layers,
+    )
+    return model.CLIP(config.embed_dim, vision, text, quick_gelu=True)
+
+
+def test_our_clip_towers_compute_what_open_clip_computes():
+    from xclip_cli.model.xclip import build_clip
+
+    theirs = randomize(_open_clip_clip(TINY), seed=13).eval()
+    ours = build_clip(TINY).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)  # the same names and shapes, nothing else
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert torch.equal(ours.attn_mask, theirs.attn_mask)
+    images = torch.randn(3, 3, TINY.image_size, TINY.image_size, generator=torch.Generator().manual_seed(2))
+    ids = tiny_model().tokenize([*LABELS, " ".join(["word"] * 120)])
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode_image(images), theirs.encode_image(images), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours.encode_text(ids), theirs.encode_text(ids), atol=1e-5, rtol=0)
+        for a, b in zip(ours(images, ids), theirs(images, ids)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_our_clip_draws_open_clips_random_weights_from_the_same_seed():
+    from xclip_cli.model.xclip import build_clip
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        theirs = _open_clip_clip(TINY).state_dict()
+        torch.manual_seed(3)
+        ours = build_clip(TINY).state_dict()
+    assert list(ours) == list(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_xclip_takes_an_open_clip_clip_and_computes_with_our_towers():
+    from xclip_cli.model.clip import VisionTransformer
+    from xclip_cli.model.xclip import build_clip
+
+    theirs = randomize(_open_clip_clip(TINY), seed=17)
+    ours = build_clip(TINY)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        a = XCLIP(TINY, theirs).eval()
+        torch.manual_seed(0)
+        b = XCLIP(TINY, ours).eval()
+    assert isinstance(a.visual, VisionTransformer)
+    assert a.visual.conv1.weight is theirs.visual.conv1.weight  # its parameters, not copies
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+    frames, ids = frames_for(TINY), a.tokenize(LABELS)
+    with torch.no_grad():
+        assert torch.equal(a(frames, ids), b(frames, ids))
+
+
+def test_loading_draws_no_random_weights(tmp_path):
+    """A model whose weights all come from the file is built without random init (the RNG is untouched)
+    and holds real tensors only, the causal mask buffer included."""
+    save_model(tiny_model(seed=3), tmp_path / "m")
+    save_official(tiny_model(seed=3), tmp_path / "o.pth")
+    before = torch.get_rng_state()
+    for source in (tmp_path / "m", tmp_path / "o.pth"):
+        model = load_model(source, precision="fp32")
+        assert torch.equal(torch.get_rng_state(), before)
+        assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+        assert torch.equal(model.attn_mask, torch.full((77, 77), float("-inf")).triu(1))
+
+
+def test_standalone_tokenizer_gives_open_clips_ids():
+    """open_clip's tokenizer.py loaded on its own (no open_clip package import) tokenizes the same."""
+    import open_clip.tokenizer
+
+    from xclip_cli.model._open_clip import _standalone_tokenizer
+
+    module = _standalone_tokenizer()
+    assert module is not open_clip.tokenizer and module.__name__ != "open_clip.tokenizer"
+    texts = ["ride a bike", "Café au lait", "naïve résumé — emoji 🎸", "a person " + "dancing " * 100]
+    ours, theirs = module.SimpleTokenizer(), open_clip.tokenizer.SimpleTokenizer()
+    ids = ours(texts)
+    assert torch.equal(ids, theirs(texts))
+    assert ids[-1, -1] == theirs.eot_token_id  # the long one is cut, its end token kept
+    assert ours.encode(texts[1]) == theirs.encode(texts[1])
+    assert ours.decode(ours.encode(texts[0])).strip() == texts[0]

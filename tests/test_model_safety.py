@@ -173,10 +173,32 @@ def test_torchscript_reader_keeps_only_parameters_and_buffers(tmp_path):
     assert all(torch.equal(ours[k], reference[k]) for k in ours)
 
 
+def _open_clip_clip(config):
+    """open_clip's own ``CLIP(quick_gelu=True)`` of `config`'s shapes (scriptable, as OpenAI's models were)."""
+    from xclip_cli.model._open_clip import import_open_clip
+
+    model = import_open_clip().model
+    vision = model.CLIPVisionCfg(
+        layers=config.vision_layers,
+        width=config.vision_width,
+        head_width=64,
+        patch_size=config.patch_size,
+        image_size=config.image_size,
+    )
+    text = model.CLIPTextCfg(
+        context_length=config.context_length,
+        vocab_size=config.vocab_size,
+        width=config.text_width,
+        heads=config.text_heads,
+        layers=config.text_layers,
+    )
+    return model.CLIP(config.embed_dim, vision, text, quick_gelu=True)
+
+
 def _tiny_clip_archive(tmp_path: Path, how: str, dtype: torch.dtype = torch.float32) -> tuple[Path, dict]:
     """A TorchScript archive of a tiny open_clip CLIP, shaped like OpenAI's .pt (whose state dict also holds
     input_resolution; context_length and vocab_size stay open_clip's plain ints here)."""
-    clip = randomize(build_clip(TINY), seed=21).eval()
+    clip = randomize(_open_clip_clip(TINY), seed=21).eval()
     clip.register_buffer("input_resolution", torch.tensor(TINY.image_size))
     clip = clip.to(dtype)
     if how == "script":
@@ -205,7 +227,7 @@ def test_torchscript_clip_archive_loads_with_its_weights(tmp_path, monkeypatch, 
         raise AssertionError("torch.jit.load must not be used on model files")
 
     monkeypatch.setattr(torch.jit, "load", forbidden)
-    model = load_model(path, frames=16)
+    model = load_model(path, frames=16, precision="fp32")
     assert model.frames == 16 and model.config.vision_width == TINY.vision_width
     state = model.state_dict()
     for key, value in weights.items():
@@ -266,7 +288,7 @@ def test_open_clip_tag_prefers_safetensors_and_reads_them_ourselves(tmp_path, mo
         },
     )
     _no_unsafe_loaders(monkeypatch)
-    model = load_model("ViT-B-32:openai")
+    model = load_model("ViT-B-32:openai", precision="fp32")
     assert asked == ["timm/vit_base_patch32_clip_224.openai/open_clip_model.safetensors"]
     state = model.state_dict()
     for key, value in clip.state_dict().items():
@@ -296,7 +318,7 @@ def test_open_clip_tag_from_openai_url_reads_torchscript_safely(tmp_path, monkey
         open_clip.pretrained, "download_pretrained_from_url", lambda url, cache_dir=None: str(served["file"])
     )
     _no_unsafe_loaders(monkeypatch)
-    model = load_model("ViT-B-32:openai")
+    model = load_model("ViT-B-32:openai", precision="fp32")
     assert torch.equal(model.state_dict()["visual.conv1.weight"], weights["visual.conv1.weight"])
     served["file"] = archive
     with pytest.raises(WeightsError, match="would run code"):
@@ -414,9 +436,9 @@ def test_weights_of_another_size_name_the_parameter(tmp_path):
 # -- options -------------------------------------------------------------------------------------------
 def test_random_backbone_is_seeded_without_touching_the_global_rng(tiny_backbone):
     before = torch.get_rng_state()
-    a = load_model("ViT-B-32:random").state_dict()
-    b = load_model("ViT-B-32:random").state_dict()
-    c = load_model("ViT-B-32:random", seed=1).state_dict()
+    a = load_model("ViT-B-32:random", precision="fp32").state_dict()
+    b = load_model("ViT-B-32:random", precision="fp32").state_dict()
+    c = load_model("ViT-B-32:random", seed=1, precision="fp32").state_dict()
     assert torch.equal(torch.get_rng_state(), before)
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["visual.conv1.weight"], c["visual.conv1.weight"])
@@ -449,7 +471,7 @@ def test_saved_model_files_get_the_umask_mode(tmp_path, mask, mode):
     for name in files:
         assert stat.S_IMODE((tmp_path / "m" / name).stat().st_mode) == mode, name
     assert torch.equal(
-        load_model(tmp_path / "m").state_dict()["prompts_visual_proj"],
+        load_model(tmp_path / "m", precision="fp32").state_dict()["prompts_visual_proj"],
         tiny_model(seed=1).state_dict()["prompts_visual_proj"],
     )
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .. import precision as precisions
 from .. import weights
 from ..errors import UsageError, WeightsError
 from ._open_clip import import_open_clip
@@ -75,7 +76,7 @@ def load_model(
     source: str | Path = weights.DEFAULT_MODEL,
     *,
     device: str | torch.device = "cpu",
-    precision: str = "fp32",
+    precision: str | None = None,
     frames: int | None = None,
     seed: int = 0,
 ) -> XCLIP:
@@ -86,13 +87,14 @@ def load_model(
     (``ViT-B-32:openai``; ``ViT-B-32:random`` for random weights), or a folder written by
     :func:`save_model`. ``frames`` is checked against X-CLIP checkpoints and picks the frame count of
     models built from CLIP. ``seed`` fixes the random weights of ``ARCH:random`` and the new X-CLIP
-    modules of an open_clip backbone (the global RNG is left as it was).
+    modules of an open_clip backbone (the global RNG is left as it was). ``precision`` is ``fp32``,
+    ``bf16``, ``fp16`` or ``auto`` (None, the default: ``$XCLIP_PRECISION``, else auto): what the device computes fastest (:mod:`xclip_cli.precision`: fp16
+    on CUDA, bf16 on a CPU with bf16 units, else fp32); :attr:`XCLIP.precision` tells which it became.
 
     Model files never run code: pickles are read weights-only, TorchScript archives without running
     them. Raises UsageError for a bad option value, WeightsError for a model that cannot be loaded.
     """
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    precision = precisions.check_precision(precision)
     if frames is not None and (
         isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= MAX_FRAMES
     ):
@@ -100,66 +102,74 @@ def load_model(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UsageError(f"seed must be an integer, got {seed!r}")
     target = resolve_device(device)  # a device this machine lacks fails before the weights are read
-    model = _load(str(source), frames, seed)
-    dtype = PRECISIONS[precision]
+    dtype = PRECISIONS[precisions.resolve_precision(precision, target.type)]
     if dtype is torch.float16 and target.type == "cpu":
         log.warning("fp16 is not supported well on the CPU; using bf16 instead")
         dtype = torch.bfloat16
-    if dtype is torch.bfloat16 and target.type == "cpu" and not _native_cpu_bf16():
+    if dtype is torch.bfloat16 and target.type == "cpu" and not precisions.cpu_bf16_units():
         log.warning("this CPU has no bf16 instructions (AVX512-BF16 or AMX): bf16 runs slower than fp32 here")
+    model = _load(str(source), frames, seed, dtype)
     return model.to(device=target, dtype=dtype).eval()  # model.precision follows the dtype
 
 
-def _native_cpu_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (torch's own probes; older torch lacks them: assume yes)."""
-    probes = [
-        getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    ]
-    return any(probe() for probe in probes if probe is not None) or all(probe is None for probe in probes)
-
-
-def _load(source: str, frames: int | None, seed: int = 0) -> XCLIP:
+def _load(source: str, frames: int | None, seed: int = 0, dtype: torch.dtype = torch.float32) -> XCLIP:
+    """The model `source` names, in `dtype` (weights already in `dtype` are used as read, not copied)."""
     path = Path(source).expanduser()
     if path.exists():
-        return _load_path(path, frames)
+        return _load_path(path, frames, dtype=dtype)
     match = _OPEN_CLIP.match(source)
     if match:
-        return _from_open_clip(match.group(1), match.group(2) or "openai", frames, source, seed=seed)
+        return _from_open_clip(
+            match.group(1), match.group(2) or "openai", frames, source, seed=seed, dtype=dtype
+        )
     if source in weights.registry():
         entry = weights.get_entry(source)
         if entry.kind == "clip":
             local = weights.local_copy(entry)
             if local is not None:
-                return _load_path(local, frames)
-            return _from_open_clip(entry.open_clip[0], entry.open_clip[1], frames, source, seed=seed)
-        return _load_path(weights.resolve(entry), frames, name=source)
+                return _load_path(local, frames, dtype=dtype)
+            return _from_open_clip(
+                entry.open_clip[0], entry.open_clip[1], frames, source, seed=seed, dtype=dtype
+            )
+        return _load_path(weights.resolve(entry), frames, name=source, dtype=dtype)
     if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith((".", "/")):
-        return _load_path(weights.download_hf(source), frames, name=source)
+        return _load_path(weights.download_hf(source), frames, name=source, dtype=dtype)
     if any(sep in source for sep in ("/", "\\")) or Path(source).suffix:
         raise WeightsError(f"model file or folder not found: {source}")
     weights.get_entry(source)  # raises with suggestions
     raise AssertionError("unreachable")
 
 
-def _load_path(path: Path, frames: int | None, name: str | None = None) -> XCLIP:
+def _load_path(
+    path: Path, frames: int | None, name: str | None = None, *, dtype: torch.dtype = torch.float32
+) -> XCLIP:
     """The model in file or folder `path`; its source is `name` (a registry name, a hub id) or the path."""
     if path.is_dir():
         if (path / "xclip_config.json").is_file():
-            return load_our_dir(path, frames, name=name)
+            return load_our_dir(path, frames, name=name, dtype=dtype)
         if (path / "config.json").is_file():
-            return load_hf_dir(path, frames, name=name)
+            return load_hf_dir(path, frames, name=name, dtype=dtype)
         raise WeightsError(
             f"{path}: a folder with neither xclip_config.json (xclip-cli) nor config.json (transformers)"
         )
-    return load_file_checkpoint(path, frames, name=name)
+    return load_file_checkpoint(path, frames, name=name, dtype=dtype)
 
 
-def _from_open_clip(arch: str, tag: str, frames: int | None, source: str, *, seed: int = 0) -> XCLIP:
+def _from_open_clip(
+    arch: str,
+    tag: str,
+    frames: int | None,
+    source: str,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> XCLIP:
     """An X-CLIP on an open_clip backbone: random (``random``/``none``) or a pretrained tag's weights.
 
-    open_clip only resolves the tag to a file (its hub copy first, ``open_clip_model.safetensors``
-    before ``open_clip_pytorch_model.bin``, else the original URL, which for OpenAI is a TorchScript
-    ``.pt``); the file is read by :func:`read_tensors`, never by ``torch.jit.load`` or a full pickle.
+    open_clip (imported only here) resolves the tag to a file (its hub copy first,
+    ``open_clip_model.safetensors`` before ``open_clip_pytorch_model.bin``, else the original URL, which
+    for OpenAI is a TorchScript ``.pt``); the file is read by :func:`read_tensors`, never by
+    ``torch.jit.load`` or a full pickle.
     Random weights come from a generator seeded with `seed`, without touching the global RNG.
     """
     config = backbone_config(arch, frames or 8)
@@ -167,12 +177,12 @@ def _from_open_clip(arch: str, tag: str, frames: int | None, source: str, *, see
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = XCLIP(config, source=f"{arch}:random")
-        return model.eval()
+        return model.to(dtype).eval()
     name = arch.replace("/", "-").replace("@336px", "-336")
     state = read_tensors(_open_clip_file(name, tag))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = model_from_clip_state(state, frames or 8, source=source)
+        model = model_from_clip_state(state, frames or 8, source=source, dtype=dtype)
     if model.config != config:
         raise WeightsError(f"{source}: the weights of pretrained {tag!r} are not a {name} backbone")
     return model

@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from ..errors import FrameCountError, WeightsError
 from ..files import atomic_save, atomic_write
 from .config import XCLIPConfig
-from .xclip import XCLIP
+from .xclip import XCLIP, build_clip
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +92,16 @@ def torch_load(path: Path) -> Any:
     """
     if _is_torchscript(path):
         return torchscript_state_dict(path)
+    # A zip archive (every torch.save since 1.6) is memory-mapped: its tensors are read when used, and an
+    # official file's optimizer state is never read at all.
+    mmap = zipfile.is_zipfile(path)
     try:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except pickle.UnpicklingError:
-            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
+            return torch.load(
+                path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle, mmap=mmap
+            )
     except pickle.UnpicklingError as err:
         raise WeightsError(
             f"{path}: refusing to load: the file pickles objects other than tensors ({_last_line(err)}), "
@@ -383,7 +388,10 @@ def _collect(
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """A flat name -> tensor dict from a .safetensors file or a (weights-only) torch pickle."""
+    """A flat name -> tensor dict from a .safetensors file or a (weights-only) torch pickle.
+
+    safetensors files and torch zip archives are memory-mapped (copy-on-write): nothing is copied here.
+    """
     if not path.is_file():
         raise WeightsError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
@@ -449,10 +457,6 @@ def infer_config(
     return config
 
 
-def causal_mask(length: int) -> torch.Tensor:
-    return torch.full((length, length), float("-inf")).triu_(1)
-
-
 def model_from_state(
     config: XCLIPConfig,
     state: dict[str, torch.Tensor],
@@ -461,8 +465,10 @@ def model_from_state(
     strict: bool = True,
     name: str | None = None,
     metadata: dict | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> XCLIP:
-    """An XCLIP with exactly these weights. Built on the meta device: no time wasted on random init.
+    """An XCLIP with exactly these weights, in `dtype`. Built on the meta device (no time on random init)
+    and given the tensors themselves: a memory-mapped file's tensors already in `dtype` are not copied.
 
     `source` names the weights in errors; the model records `name` (default: `source`) as its source.
     """
@@ -471,8 +477,9 @@ def model_from_state(
     missing, unexpected = _load_weights(model, state, source, assign=True)
     if strict and (missing or unexpected):
         raise WeightsError(f"{source}: {_describe_mismatch(missing, unexpected)}")
-    model.attn_mask = causal_mask(config.context_length)
-    return model.float().eval()
+    if missing:  # not strict: what the state lacks must still be a real tensor
+        raise WeightsError(f"{source}: {_describe_mismatch(missing, [])}")
+    return model.to(dtype).eval()
 
 
 _SIZE_MISMATCH = re.compile(
@@ -513,26 +520,31 @@ def _describe_mismatch(missing: list[str], unexpected: list[str]) -> str:
 
 
 def model_from_clip_state(
-    state: dict[str, torch.Tensor], frames: int, *, source: str, name: str | None = None
+    state: dict[str, torch.Tensor],
+    frames: int,
+    *,
+    source: str,
+    name: str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> XCLIP:
-    """X-CLIP from CLIP weights; the new modules get the official initialisation.
+    """X-CLIP from CLIP weights, in `dtype`; the new modules get the official initialisation (from the
+    global RNG). The CLIP towers are built on the meta device and given the tensors themselves.
 
     `source` names the weights in errors; the model records `name` (default: `source`) as its source.
     """
-    from .xclip import build_clip
-
     config = infer_config(state, frames=frames, source=source)
-    clip = build_clip(config)
-    # Buffers that are not part of a state dict (open_clip's attn_mask, recomputed from the config) can
+    with torch.device("meta"):
+        clip = build_clip(config)
+    # Buffers that are not part of a state dict (the causal attn_mask, recomputed from the config) can
     # still be in a TorchScript archive, whose state dict holds every buffer.
     transient = {name for name, _ in clip.named_buffers()} - set(clip.state_dict())
     state = {k: v for k, v in state.items() if k not in transient}
-    missing, unexpected = _load_weights(clip, state, source)
+    missing, unexpected = _load_weights(clip, state, source, assign=True)
     if missing or unexpected:
         raise WeightsError(
             f"{source}: not a CLIP checkpoint of a known layout: {_describe_mismatch(missing, unexpected)}"
         )
-    return XCLIP(config, clip, source=name or source).eval()
+    return XCLIP(config, clip, source=name or source).to(dtype).eval()
 
 
 # -- transformers layout ------------------------------------------------------------------------------
@@ -695,8 +707,11 @@ def config_from_hf(cfg: dict[str, Any], source: str) -> XCLIPConfig:
     return config
 
 
-def load_hf_dir(path: Path, frames: int | None = None, *, name: str | None = None) -> XCLIP:
-    """A transformers X-CLIP folder (config.json + weights); the model's source is `name` or the path."""
+def load_hf_dir(
+    path: Path, frames: int | None = None, *, name: str | None = None, dtype: torch.dtype = torch.float32
+) -> XCLIP:
+    """A transformers X-CLIP folder (config.json + weights) in `dtype`; the model's source is `name` or
+    the path."""
     try:
         cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -717,7 +732,7 @@ def load_hf_dir(path: Path, frames: int | None = None, *, name: str | None = Non
         )
     with torch.device("meta"):
         keys = list(XCLIP(config).state_dict())
-    return model_from_state(config, hf_to_official(hf_state, keys), source=str(path), name=name)
+    return model_from_state(config, hf_to_official(hf_state, keys), source=str(path), name=name, dtype=dtype)
 
 
 def _check_frames(have: int, want: int | None, source: str) -> None:
@@ -758,8 +773,10 @@ def read_our_config(path: Path) -> dict[str, Any]:
     return doc
 
 
-def load_our_dir(path: Path, frames: int | None = None, *, name: str | None = None) -> XCLIP:
-    """A folder written by :func:`save_model`; the model's source is `name` or the path."""
+def load_our_dir(
+    path: Path, frames: int | None = None, *, name: str | None = None, dtype: torch.dtype = torch.float32
+) -> XCLIP:
+    """A folder written by :func:`save_model`, in `dtype`; the model's source is `name` or the path."""
     doc = read_our_config(path)
     try:
         config = XCLIPConfig.from_dict(doc.get("config"))
@@ -774,19 +791,22 @@ def load_our_dir(path: Path, frames: int | None = None, *, name: str | None = No
         source=str(path),
         name=name,
         metadata=doc.get("metadata") or {},
+        dtype=dtype,
     )
 
 
 # -- files of unknown kind --------------------------------------------------------------------------
-def load_file_checkpoint(path: Path, frames: int | None = None, *, name: str | None = None) -> XCLIP:
-    """An official X-CLIP ``.pth``, or a CLIP checkpoint (TorchScript ``.pt`` / state dict); the model's
-    source is `name` or the path."""
+def load_file_checkpoint(
+    path: Path, frames: int | None = None, *, name: str | None = None, dtype: torch.dtype = torch.float32
+) -> XCLIP:
+    """An official X-CLIP ``.pth``, or a CLIP checkpoint (TorchScript ``.pt`` / state dict), in `dtype`;
+    the model's source is `name` or the path."""
     state = read_tensors(path)
     if "mit.positional_embedding" in state:
         config = infer_config(state, frames=frames, source=str(path))
-        return model_from_state(config, state, source=str(path), name=name)
+        return model_from_state(config, state, source=str(path), name=name, dtype=dtype)
     if "visual.conv1.weight" in state:
-        return model_from_clip_state(state, frames or 8, source=str(path), name=name)
+        return model_from_clip_state(state, frames or 8, source=str(path), name=name, dtype=dtype)
     if any(k.startswith(("vision_model.", "x_clip.vision_model.")) for k in state):
         raise WeightsError(
             f"{path}: transformers weights need their config.json: pass the folder that holds both"

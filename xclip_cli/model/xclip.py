@@ -1,6 +1,7 @@
-"""X-CLIP (Ni et al., ECCV 2022) on an open_clip CLIP, computing what the official code computes.
+"""X-CLIP (Ni et al., ECCV 2022) on CLIP, computing what the official code computes.
 
-The CLIP towers are open_clip modules; X-CLIP's additions wrap them:
+The CLIP towers are those of :mod:`.clip` (open_clip's ``CLIP(quick_gelu=True)``, parameter for
+parameter, without importing open_clip); X-CLIP's additions wrap them:
 
 * every visual block becomes a cross-frame communication block (message tokens built from each
   frame's class token, exchanged across the frames of a video, attended to, then dropped);
@@ -24,17 +25,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import FrameCountError
-from ._open_clip import import_open_clip
+from ._open_clip import simple_tokenizer
+from .clip import CLIP, LayerNorm, QuickGELU, ResidualAttentionBlock, randn, self_attention
 from .config import XCLIPConfig
-
-open_clip = import_open_clip()
-CLIP, CLIPTextCfg, CLIPVisionCfg = (
-    open_clip.model.CLIP,
-    open_clip.model.CLIPTextCfg,
-    open_clip.model.CLIPVisionCfg,
-)
-LayerNorm, QuickGELU = open_clip.transformer.LayerNorm, open_clip.transformer.QuickGELU
-ResidualAttentionBlock = open_clip.transformer.ResidualAttentionBlock
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +88,8 @@ class CrossFrameBlock(nn.Module):
     """A CLIP ViT block with X-CLIP's cross-frame message token (official ``CrossFramelAttentionBlock``).
 
     Takes the pretrained block's ``attn``, ``ln_1``, ``mlp`` and ``ln_2`` under their own names, so CLIP
-    weights load unchanged, and adds ``message_fc``, ``message_ln`` and ``message_attn``.
+    weights load unchanged, and adds ``message_fc``, ``message_ln`` and ``message_attn``. Both
+    attentions are computed with SDPA from the ``nn.MultiheadAttention`` weights (:func:`self_attention`).
     """
 
     def __init__(self, block: ResidualAttentionBlock, frames: int, heads: int, drop_path: float) -> None:
@@ -118,11 +112,10 @@ class CrossFrameBlock(nn.Module):
         # Rebuilt in every block from that block's class tokens; nothing persists across blocks.
         msg = self.message_fc(x[:, 0]).view(bt // self.frames, self.frames, width)
         q = self.message_ln(msg)
-        msg = msg + self.drop_path(self.message_attn(q, q, q, need_weights=False)[0])
+        msg = msg + self.drop_path(self_attention(self.message_attn, q))
         # One message token per frame, appended after the spatial tokens for the attention only.
         x = torch.cat([x, msg.reshape(bt, 1, width)], dim=1)
-        h = self.ln_1(x)
-        x = x + self.drop_path(self.attn(h, h, h, need_weights=False)[0])
+        x = x + self.drop_path(self_attention(self.attn, self.ln_1(x)))
         x = x[:, :length]
         return x + self.drop_path(self.mlp(self.ln_2(x)))
 
@@ -144,9 +137,7 @@ class MultiframeIntegrationTransformer(nn.Module):
     def __init__(self, frames: int, width: int, layers: int, heads: int) -> None:
         super().__init__()
         self.positional_embedding = nn.Parameter(torch.empty(1, frames, width))
-        self.resblocks = nn.Sequential(
-            *[ResidualAttentionBlock(width, heads, act_layer=QuickGELU) for _ in range(layers)]
-        )
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads) for _ in range(layers)])
         self.apply(_init_trunc_normal)
         nn.init.trunc_normal_(self.positional_embedding, std=0.02)
 
@@ -203,7 +194,7 @@ class VideoSpecificPrompt(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(width)
         self.decoder = nn.ModuleList([PromptGeneratorLayer(width, heads) for _ in range(layers)])
-        self.alpha = nn.Parameter(torch.ones(width) * alpha)
+        self.alpha = nn.Parameter(torch.full((width,), float(alpha)))  # ones * alpha, meta-safe
         self.apply(_init_trunc_normal)
 
     def forward(self, text: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
@@ -214,30 +205,42 @@ class VideoSpecificPrompt(nn.Module):
 
 
 def build_clip(config: XCLIPConfig) -> CLIP:
-    """A randomly initialised open_clip CLIP with the backbone shapes of `config` (QuickGELU, as OpenAI)."""
-    vision = CLIPVisionCfg(
-        layers=config.vision_layers,
-        width=config.vision_width,
-        head_width=config.vision_width // config.vision_heads,
-        patch_size=config.patch_size,
+    """A randomly initialised CLIP with the backbone shapes of `config`: the weights open_clip's
+    ``CLIP(quick_gelu=True)`` draws from the same seed. Under ``torch.device("meta")`` nothing is drawn
+    (for weights that are loaded next), and only the causal mask buffer is a real tensor."""
+    return CLIP(
+        config.embed_dim,
         image_size=config.image_size,
-    )
-    text = CLIPTextCfg(
+        patch_size=config.patch_size,
+        vision_width=config.vision_width,
+        vision_layers=config.vision_layers,
+        vision_heads=config.vision_heads,
         context_length=config.context_length,
         vocab_size=config.vocab_size,
-        width=config.text_width,
-        heads=config.text_heads,
-        layers=config.text_layers,
+        text_width=config.text_width,
+        text_layers=config.text_layers,
+        text_heads=config.text_heads,
     )
-    return CLIP(config.embed_dim, vision, text, quick_gelu=True)
+
+
+def as_our_clip(config: XCLIPConfig, clip: nn.Module) -> CLIP:
+    """`clip` if it is one of ours; else our towers holding its very parameters (an open_clip ``CLIP``, or
+    any module with CLIP's parameter names and shapes, loaded strictly), so that ours compute."""
+    if isinstance(clip, CLIP):
+        return clip
+    with torch.device("meta"):
+        ours = build_clip(config)
+    ours.load_state_dict(clip.state_dict(keep_vars=True), strict=True, assign=True)
+    ours.attn_mask = ours.attn_mask.to(ours.logit_scale.device)
+    return ours
 
 
 class XCLIP(nn.Module):
     """The X-CLIP video classifier.
 
     Build it with :func:`xclip_cli.load_model`; ``XCLIP(config)`` gives random weights and
-    ``XCLIP(config, clip)`` takes an open_clip CLIP's weights and initialises the new modules the way
-    the official code does, ready for fine-tuning.
+    ``XCLIP(config, clip)`` takes a CLIP's weights (ours from :func:`build_clip`, or open_clip's
+    ``CLIP``) and initialises the new modules the way the official code does, ready for fine-tuning.
 
     Provenance is given at construction (the loaders pass it) and read, never set, afterwards:
     ``source`` names where the weights came from (a registry name, hub id, path or ``ARCH:random``;
@@ -253,7 +256,7 @@ class XCLIP(nn.Module):
     def __init__(
         self,
         config: XCLIPConfig,
-        clip: CLIP | None = None,
+        clip: nn.Module | None = None,
         *,
         source: str = "random",
         metadata: dict | None = None,
@@ -262,14 +265,14 @@ class XCLIP(nn.Module):
         self.config = config
         self.source = source
         self.metadata = dict(metadata or {})
-        clip = clip if clip is not None else build_clip(config)
+        clip = as_our_clip(config, clip) if clip is not None else build_clip(config)
         embed, vwidth = config.embed_dim, config.vision_width
 
         # Registration order = the official state-dict order (own parameters, then modules).
         self.positional_embedding = clip.positional_embedding
         self.text_projection = clip.text_projection
         self.logit_scale = clip.logit_scale
-        self.prompts_visual_proj = nn.Parameter(torch.randn(vwidth, embed))  # official: std 1
+        self.prompts_visual_proj = nn.Parameter(randn(vwidth, embed))  # official: std 1
         self.prompts_generator = VideoSpecificPrompt(
             config.prompt_layers, embed, config.prompt_heads, config.prompt_alpha
         )
@@ -321,7 +324,7 @@ class XCLIP(nn.Module):
     # -- text ---------------------------------------------------------------------------------------
     @cached_property
     def _tokenizer(self):
-        return open_clip.tokenizer.SimpleTokenizer(context_length=self.config.context_length)
+        return simple_tokenizer(self.config.context_length)
 
     def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
         """CLIP BPE ids ``[K, 77]``: SOT + tokens + EOT, zero padded; long texts keep EOT at the end.
@@ -376,7 +379,7 @@ class XCLIP(nn.Module):
         length = int(ids.argmax(dim=-1).max()) + 1
         ids = ids[:, :length]
         x = self.token_embedding(ids) + self.positional_embedding[:length].to(self.dtype)
-        x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
+        x = self.transformer(x, causal=True)  # CLIP's causal mask (``attn_mask``), as SDPA's own
         x = self.ln_final(x)
         # The end-of-text token has the largest id in every sequence.
         x = x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)]
@@ -399,18 +402,11 @@ class XCLIP(nn.Module):
                 f"expected frames of 3x{self.image_size}x{self.image_size}, got {'x'.join(map(str, frames.shape[2:]))}"
             )
 
-    def _embed_patches(self, x: torch.Tensor) -> torch.Tensor:
-        visual = self.visual
-        x = visual.conv1(x).flatten(2).transpose(1, 2)  # [N, grid^2, W]
-        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-        return visual.ln_pre(x)
-
     def encode_video(self, frames: torch.Tensor) -> VideoFeatures:
         """``[B, T, 3, H, W]`` normalised frames -> :class:`VideoFeatures` (video embedding, prompt tokens)."""
         self._check_frames(frames)
         b, t = frames.shape[:2]
-        x = self._embed_patches(frames.flatten(0, 1).to(device=self.device, dtype=self.dtype))
+        x = self.visual.embed(frames.flatten(0, 1).to(device=self.device, dtype=self.dtype))
         for block in self.visual.transformer.resblocks:
             if self.grad_checkpointing and self.training:
                 x = checkpoint(block, x, use_reentrant=False)
