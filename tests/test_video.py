@@ -5,7 +5,9 @@ from __future__ import annotations
 import ast
 import csv
 import dataclasses
+import itertools
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from xclip_cli.video import (
     VideoError,
     VideoInfo,
     decode,
+    decord_backend,
     ffmpeg_backend,
     normalize,
     probe,
@@ -30,6 +33,7 @@ from xclip_cli.video import (
     view_indices,
     windows,
 )
+from xclip_cli.video.base import Plan
 
 VIDEOS = Path(__file__).resolve().parents[1].parent / "shared/data/videos"
 MANIFEST = VIDEOS / "manifest.csv"
@@ -454,3 +458,298 @@ def test_video_package_does_not_import_the_model():
                 continue
             for name in names:
                 assert "model" not in name.split("."), f"{source.name} imports {name}"
+
+
+# ------------------------------------------------------------------ torch-only transforms = torchvision's
+
+
+def _torchvision_resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    import torchvision.transforms.v2.functional as F
+    from torchvision.transforms import InterpolationMode
+
+    return F.resize(x, [height, width], interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+
+RESIZES = [
+    ((3, 240, 320), (256, 341)),  # upscale, landscape
+    ((3, 720, 1280), (256, 455)),  # downscale, landscape
+    ((2, 500, 300), (373, 224)),  # downscale, portrait
+    ((1, 37, 53), (224, 320)),  # upscale a tiny single frame (torchvision's channels-last restride)
+    ((1, 1080, 1920), (224, 224)),  # downscale, aspect changed
+    ((4, 256, 256), (224, 224)),
+]
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["uint8-kernel", "float-fallback"])
+@pytest.mark.parametrize("shape, size", RESIZES, ids=[f"{s[1]}x{s[2]}->{t[0]}x{t[1]}" for s, t in RESIZES])
+def test_resize_is_torchvisions_bit_for_bit(shape, size, native, monkeypatch):
+    from torchvision.transforms.v2.functional import _geometry
+
+    from xclip_cli.video import transforms
+
+    # Both code paths of torchvision's resize_image: its uint8 kernel (AVX2/AVX512/arm64 CPUs) and its
+    # float fallback elsewhere; ours must take the same one on the same CPU.
+    monkeypatch.setattr(transforms, "_NATIVE_UINT8_RESIZE", native)
+    monkeypatch.setattr(_geometry, "_do_native_uint8_resize_on_cpu", lambda interpolation: native)
+    n, h, w = shape
+    frames = np.random.default_rng(h * w).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+    x = transforms._as_uint8_nchw(frames)  # the channels-last view test_views works on
+    ours = transforms._resize(x, *size)
+    assert ours.dtype == torch.uint8 and ours.shape == (n, 3, *size)
+    assert torch.equal(ours, _torchvision_resize(x, *size))
+    crop = x[..., h // 8 : h - h // 8, w // 8 :]  # a crop of it, as train_transform resizes
+    assert torch.equal(transforms._resize(crop, *size), _torchvision_resize(crop, *size))
+
+
+def test_resize_short_side_rounds_like_before():
+    from xclip_cli.video import transforms
+
+    for h, w, side, expected in [
+        (240, 320, 256, (256, 341)),
+        (500, 300, 224, (373, 224)),
+        (720, 1280, 256, (256, 455)),
+    ]:
+        x = transforms._as_uint8_nchw(np.zeros((1, h, w, 3), np.uint8))
+        assert tuple(transforms._resize_short_side(x, side).shape[-2:]) == expected
+    x = transforms._as_uint8_nchw(np.zeros((1, 256, 300, 3), np.uint8))
+    assert transforms._resize_short_side(x, 256) is x  # already decoded at that size: no work
+
+
+def test_grayscale_is_torchvisions_bit_for_bit():
+    import torchvision.transforms.v2.functional as F
+
+    from xclip_cli.video import transforms
+
+    x = torch.rand(4, 3, 17, 23, generator=torch.Generator().manual_seed(0)) * 255
+    assert torch.equal(transforms._grayscale(x), F.rgb_to_grayscale(x))
+    assert torch.equal(transforms._grayscale(x).expand_as(x), F.rgb_to_grayscale(x, num_output_channels=3))
+
+
+def _reference_test_views(frames: np.ndarray, image_size: int, crops: int) -> torch.Tensor:
+    """test_views as it was: torchvision's resize, a stack of crops, then float and normalise."""
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    height, width = x.shape[-2:]
+    side = short_side_for(image_size, crops)
+    if min(height, width) != side:
+        scale = side / min(height, width)
+        new_h = side if height <= width else int(height * scale + 0.5)
+        new_w = side if width < height else int(width * scale + 0.5)
+        x = _torchvision_resize(x, new_h, new_w)
+        height, width = new_h, new_w
+    if crops == 1:
+        offsets = [((height - image_size) // 2, (width - image_size) // 2)]
+    elif height == image_size:
+        step = (width - image_size) // 2
+        offsets = [(0, 0), (0, 2 * step), (0, step)]
+    else:
+        step = (height - image_size) // 2
+        offsets = [(0, 0), (2 * step, 0), (step, 0)]
+    views = torch.stack([x[..., t : t + image_size, left : left + image_size] for t, left in offsets])
+    return normalize(views.float()).contiguous()
+
+
+@pytest.mark.parametrize("crops", [1, 3])
+@pytest.mark.parametrize("hw", [(256, 340), (360, 640), (480, 270), (120, 160)], ids=str)
+def test_test_views_values_are_unchanged(hw, crops):
+    frames = np.random.default_rng(hw[0]).integers(0, 256, (3, *hw, 3), dtype=np.uint8)
+    expected = _reference_test_views(frames, 224, crops)
+    got = test_views(frames, image_size=224, crops=crops)
+    assert got.is_contiguous() and not got.is_shared()
+    assert torch.equal(got, expected)
+    shared = test_views(frames, image_size=224, crops=crops, shared=True)
+    assert shared.is_shared() and shared.is_contiguous() and torch.equal(shared, expected)
+
+
+# The tag path's start-up: no torchvision (it imports torch._dynamo, ~1.5 s); ffmpeg-python (which builds
+# ffmpeg's command line) only once ffmpeg decodes.
+IMPORT_CHECK = """
+import sys
+import xclip_cli.video.clips as clips
+import xclip_cli.workers
+from xclip_cli.video import decode
+for path in sys.argv[1:]:
+    for clip in clips.load_clips(clips.VideoTask(path), clips.ClipSpec(frames=8, image_size=224)):
+        assert clip.views.shape == (1, 8, 3, 224, 224)
+print(sorted(m for m in ("torchvision", "torch._dynamo", "ffmpeg", "numpy.ma") if m in sys.modules))
+decode.decord = None  # the ffmpeg path too
+for clip in clips.load_clips(clips.VideoTask(sys.argv[1]), clips.ClipSpec(frames=8, image_size=224, window=1.0)):
+    pass
+print(sorted(m for m in ("torchvision", "torch._dynamo", "numpy.ma") if m in sys.modules))
+"""
+
+
+@needs_videos
+def test_loading_clips_imports_neither_torchvision_nor_dynamo():
+    paths = [clip("mmaction2/test.mp4"), clip("torchvision/RATRACE_wave_f_nm_np1_fr_goo_37.avi")]
+    proc = subprocess.run(
+        [sys.executable, "-c", IMPORT_CHECK, *map(str, paths)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-2:] == ["[]", "[]"], proc.stdout
+
+
+# ------------------------------------------------------------------------------- one reader per file
+
+
+@needs_videos
+@pytest.mark.parametrize(
+    "name, window, stride",
+    [
+        ("mmaction2/test.mp4", 2.0, 1.0),
+        ("moviepy/no_duration.webm", 1.0, None),
+        ("mmaction2/part_0.mp4", 0.25, 0.1),
+    ],
+)
+def test_windows_read_through_one_reader_match_windows_read_alone(name, window, stride, backend, monkeypatch):
+    from xclip_cli.video.clips import ClipSpec, VideoTask, load_clips
+
+    if backend == "decord" and name.endswith(".webm"):
+        pytest.skip("decord cannot open a WebM without a duration")
+    spec = ClipSpec(frames=8, image_size=224, clips=2, window=window, stride=stride)
+    opened = []
+    real_reader, real_popen = decord_backend.decord and decord_backend.decord.VideoReader, subprocess.Popen
+    if backend == "decord":
+
+        def reader(*args, **kwargs):
+            opened.append(kwargs.get("width"))
+            return real_reader(*args, **kwargs)
+
+        monkeypatch.setattr(decord_backend.decord, "VideoReader", reader)
+    ffmpeg_backend._passthrough_option(ffmpeg_backend._ffmpeg_exe())  # asked once per binary, before counting
+
+    def popen(args, *rest, **kwargs):
+        opened.append(args[0])
+        return real_popen(args, *rest, **kwargs)
+
+    monkeypatch.setattr(ffmpeg_backend.subprocess, "Popen", popen)
+    together = list(load_clips(VideoTask(str(clip(name))), spec))
+    # decord: the probe's reader and one at the decoding size; ffmpeg: the probe and one decoding pass.
+    assert len(together) > 3 and len(opened) <= 2, opened
+    monkeypatch.setattr(ffmpeg_backend.subprocess, "Popen", real_popen)
+    for got in together:
+        alone = list(
+            load_clips(
+                VideoTask(str(clip(name)), start=got.start, end=got.end),
+                dataclasses.replace(spec, window=None),
+            )
+        )
+        assert [c.indices for c in alone] == [got.indices]
+        assert torch.equal(alone[0].views, got.views)
+
+
+@needs_videos
+def test_ffmpeg_reader_streams_a_plan_keeping_only_frames_still_needed(monkeypatch):
+    monkeypatch.setattr(decode, "decord", None)
+    monkeypatch.setattr(ffmpeg_backend, "_MAX_SELECT_TERMS", 20)  # several passes for this plan
+    path = clip("mmaction2/test.mp4")  # 300 frames
+    info = probe(path)
+    sets = [view_indices(60, 4, 2).reshape(-1) + start for start in range(0, 241, 30)]  # overlapping
+    reader = ffmpeg_backend.Reader(path, info)
+    reader.plan(Plan(sets, info.num_frames))
+    size = (170, 128)
+    for wanted in sets:
+        got = reader.read(wanted, size)
+        assert len(reader._frames) <= 8  # the frames the next overlapping sets share, no more
+        np.testing.assert_array_equal(got, ffmpeg_backend.read(path, wanted, info, size))
+    # Not the planned one: a read of its own, still right.
+    np.testing.assert_array_equal(
+        reader.read(np.array([5, 3]), size), ffmpeg_backend.read(path, np.array([5, 3]), info, size)
+    )
+    reader.close()
+
+
+@needs_videos
+def test_ffmpeg_stream_clamps_past_a_header_that_overstates(monkeypatch):
+    monkeypatch.setattr(decode, "decord", None)
+    path = clip("mmaction2/part_0.mp4")  # 32 frames
+    info = probe(path)
+    liar = dataclasses.replace(info, num_frames=info.num_frames + 40)
+    sets = [np.array([10, 20]), np.array([30, 40, 50]), np.array([60, 70])]
+    reader = ffmpeg_backend.Reader(path, liar)
+    reader.plan(Plan(sets, liar.num_frames))
+    got = [reader.read(s, None) for s in sets]
+    reader.close()
+    last = read_frames(path, [info.num_frames - 1], info=info)[0]
+    np.testing.assert_array_equal(got[0], read_frames(path, [10, 20], info=info))
+    np.testing.assert_array_equal(got[1][0], read_frames(path, [30], info=info)[0])
+    for frame in [got[1][1], got[1][2], *got[2]]:
+        np.testing.assert_array_equal(frame, last)
+
+
+@needs_videos
+def test_damaged_packet_fails_windows_too(backend):
+    from xclip_cli.video.clips import ClipSpec, VideoTask, load_clips
+
+    with pytest.raises(VideoError, match="Invalid NAL unit size") as err:
+        list(
+            load_clips(
+                VideoTask(str(clip("decord/corrupted.mp4"))), ClipSpec(frames=8, image_size=224, window=1.0)
+            )
+        )
+    assert "\n" not in str(err.value)
+
+
+@needs_videos
+@pytest.mark.parametrize("short_side", [None, 128])
+def test_decord_returns_the_true_frames_of_avi_files_it_seeks_wrongly(short_side, monkeypatch):
+    # decord indexes frames 0 and 1 of these HMDB51 AVIs as keyframes and its seeks land one frame
+    # short: a fresh reader's get_batch gave frame i-1 for frame i. Ours start past frame 0.
+    if decode.decord is None:
+        pytest.skip("decord is not installed")
+    path = clip("torchvision/RATRACE_wave_f_nm_np1_fr_goo_37.avi")
+    info = probe(path)
+    indices = segment_indices(info.num_frames, 8)
+    by_decord = read_frames(path, indices, short_side=short_side, info=info)
+    with decode.open_video(path) as video:
+        through_reader = video.read(indices, short_side=short_side)
+    monkeypatch.setattr(decode, "decord", None)
+    by_ffmpeg = read_frames(path, indices, short_side=short_side, info=info)
+    np.testing.assert_array_equal(through_reader, by_decord)
+    if short_side is None:
+        np.testing.assert_array_equal(by_decord, by_ffmpeg)  # the same decoder: the same pixels
+    else:
+        assert np.abs(by_decord.astype(int) - by_ffmpeg).mean() < 2.0  # two scalers
+
+
+@needs_videos
+def test_ffmpeg_reads_more_separate_frames_than_one_sum_of_its_parser_takes(monkeypatch):
+    # ffmpeg's expression parser takes at most 100 terms in a sum; `--views 16x1` asks 128 frames.
+    monkeypatch.setattr(decode, "decord", None)
+    path = clip("mmaction2/test.mp4")  # 300 frames
+    info = probe(path)
+    wanted = np.arange(0, 300, 2)  # 150 separate frames, no runs
+    assert ffmpeg_backend._select_expression(wanted).count("(") > 150  # nested sums
+    got = read_frames(path, wanted, short_side=64, info=info)
+    halves = [read_frames(path, part, short_side=64, info=info) for part in (wanted[:75], wanted[75:])]
+    np.testing.assert_array_equal(got, np.concatenate(halves))
+    assert ffmpeg_backend._select_expression(np.arange(5, 9)) == "between(n\\,5\\,8)"
+
+
+@needs_videos
+def test_overlapping_windows_walk_decord_forward_without_seeking_back(monkeypatch):
+    from xclip_cli.video.clips import ClipSpec, VideoTask, load_clips
+
+    if decode.decord is None:
+        pytest.skip("decord is not installed")
+    asked = []
+    real = decord_backend._get_batch
+
+    def get_batch(vr, wanted):
+        asked.append(wanted.tolist())
+        return real(vr, wanted)
+
+    monkeypatch.setattr(decord_backend, "_get_batch", get_batch)
+    spec = ClipSpec(frames=8, image_size=224, window=2.0, stride=0.5)  # each frame in up to 4 windows
+    clips = list(load_clips(VideoTask(str(clip("mmaction2/test.mp4"))), spec))
+    assert len(clips) == 17 and len(asked) <= len(clips)
+    # Each batch starts after the last one ended: decord never seeks back to a keyframe.
+    assert all(later[0] > earlier[-1] for earlier, later in itertools.pairwise(asked)), asked
+    assert {i for batch in asked for i in batch} == {i for c in clips for i in c.indices}
+
+
+def test_sorted_unique_is_np_unique():
+    from xclip_cli.video.base import sorted_unique
+
+    rng = np.random.default_rng(0)
+    for values in [rng.integers(0, 50, 40), np.array([3]), np.array([], np.int64), np.array([5, 5, 5])]:
+        np.testing.assert_array_equal(sorted_unique(values), np.unique(values))

@@ -284,3 +284,77 @@ def test_passthrough_option_check_on_the_real_binaries():
             60,
         )
         assert code == 0, stderr
+
+
+# A fake ffmpeg for the planned-read stream: writes `frames` frames of 4x2 pixels (frame i all i),
+# then exits, or hangs.
+FAKE_STREAM = """
+import sys, time
+for i in range(int(sys.argv[1])):
+    sys.stdout.buffer.write(bytes([i]) * 24)
+    sys.stdout.flush()
+while sys.argv[2] == "hang":
+    time.sleep(0.01)
+"""
+
+
+def _fake_stream(frames: int, union, budget: float, hang: bool = False):
+    import numpy as np
+
+    args = [sys.executable, "-c", FAKE_STREAM, str(frames), "hang" if hang else "exit"]
+    return ffmpeg_backend._FrameStream("x.mp4", args, (4, 2), np.asarray(union), budget)
+
+
+def test_frame_stream_runs_in_its_own_session_and_close_stops_it():
+    stream = _fake_stream(1, [0, 5], budget=300, hang=True)
+    try:
+        assert [n for n, _ in stream.frames_until(0)] == [0]
+        pid = stream._proc.pid
+        assert os.getsid(pid) == pid != os.getsid(0)
+    finally:
+        stream.close()
+    assert stream._proc.returncode is not None  # killed and reaped, not left running
+
+
+def test_frame_stream_time_limit_counts_only_time_spent_waiting_for_frames(monkeypatch):
+    # The caller's time between reads (a worker blocked on a full queue while the model runs) is not
+    # the decoder's: 1000 s of it pass between two reads on the stream's clock, and the stream goes on.
+    now = [0.0]
+    monkeypatch.setattr(ffmpeg_backend, "_clock", lambda: now[0])
+    stream = _fake_stream(3, [0, 1, 2], budget=60)
+    try:
+        assert [n for n, _ in stream.frames_until(0)] == [0]
+        now[0] += 1000.0
+        frames = list(stream.frames_until(2))
+        assert [n for n, _ in frames] == [1, 2] and frames[1][1].tolist() == [[[2] * 3] * 4] * 2
+        assert stream._left == 60  # no clock time passed while it read
+    finally:
+        stream.close()
+
+
+def test_frame_stream_that_stalls_is_killed_with_a_one_line_error():
+    stream = _fake_stream(1, [0, 1], budget=0.5, hang=True)
+    try:
+        assert [n for n, _ in stream.frames_until(0)] == [0]
+        with pytest.raises(ffmpeg_backend.VideoError) as err:
+            list(stream.frames_until(1))
+        assert str(err.value) == "x.mp4: timed out after 0.5 s"
+    finally:
+        stream.close()
+
+
+def test_frame_stream_failure_is_a_one_line_error():
+    import numpy as np
+
+    args = [
+        sys.executable,
+        "-c",
+        "import sys; sys.stderr.write('[h264 @ 0xdead] Invalid NAL unit size\\n'); sys.exit(1)",
+    ]
+    stream = ffmpeg_backend._FrameStream("x.mp4", args, (4, 2), np.array([0]), 60)
+    try:
+        with pytest.raises(ffmpeg_backend.VideoError) as err:
+            list(stream.frames_until(0))
+        assert str(err.value) == "x.mp4: cannot decode video (Invalid NAL unit size)"
+    finally:
+        stream.close()

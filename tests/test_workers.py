@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
+
+import pytest
+import torch
 
 from xclip_cli.workers import DONE, ERROR, ITEM, WorkerPool
 
@@ -56,3 +60,45 @@ def test_threads_are_passed_to_each_task_not_set_in_the_worker():
     with WorkerPool(_threads_seen, workers=1, timeout=30) as pool:  # without: fn(task) alone
         seen = [payload for _, kind, payload in pool.run([(0, "a")]) if kind == ITEM]
     assert seen == [("a", None)]
+
+
+def _where(task: str):
+    from xclip_cli.workers import in_worker
+
+    yield task, in_worker()
+
+
+def test_in_worker_is_true_only_in_a_pool_worker():
+    from xclip_cli.workers import in_worker, run_inline
+
+    with WorkerPool(_where, workers=1, timeout=30) as pool:
+        seen = [payload for _, kind, payload in pool.run([(0, "a")]) if kind == ITEM]
+    assert seen == [("a", True)]
+    assert [p for _, kind, p in run_inline(_where, [(0, "b")]) if kind == ITEM] == [("b", False)]
+    assert in_worker() is False
+
+
+VIDEOS = Path(__file__).resolve().parents[1].parent / "shared/data/videos"
+
+
+def _clips_made_shared(path: str, threads: int | None = None):
+    from xclip_cli.video.clips import ClipSpec, VideoTask, load_clips
+
+    for clip in load_clips(VideoTask(path), ClipSpec(frames=8, image_size=224, window=2.0), threads=threads):
+        yield clip.views.is_shared(), clip  # checked in the worker, before pickling could share it
+
+
+@pytest.mark.skipif(not VIDEOS.is_dir(), reason="test clips not found")
+def test_worker_clips_are_made_in_shared_memory_and_arrive_intact():
+    from xclip_cli.video.clips import ClipSpec, VideoTask, load_clips
+
+    path = str(VIDEOS / "mmaction2/test.mp4")
+    with WorkerPool(_clips_made_shared, workers=1, timeout=120, threads=1) as pool:
+        got = [payload for _, kind, payload in pool.run([(0, path)]) if kind == ITEM]
+    inline = list(load_clips(VideoTask(path), ClipSpec(frames=8, image_size=224, window=2.0)))
+    assert len(got) == len(inline) == 5
+    assert all(made_shared for made_shared, _ in got)
+    assert not any(c.views.is_shared() for c in inline)  # inline: ordinary memory
+    for (_, clip), expected in zip(got, inline):
+        assert (clip.start, clip.end, clip.indices) == (expected.start, expected.end, expected.indices)
+        assert torch.equal(clip.views, expected.views)

@@ -12,6 +12,12 @@ sessions of their own (see ``video.ffmpeg_backend``), so neither signal fails th
 Each worker has one core: torch computes with one thread, and with ``WorkerPool(..., threads=1)`` each
 task runs as ``fn(task, threads=1)`` so that its decoder uses one thread too (a parameter of the call,
 not a setting of the worker process).
+
+Workers are forked (where the platform can): they start with the parent's modules already imported,
+and import nothing themselves. Items go back through torch's shared memory (``torch.multiprocessing``):
+a tensor is handed over, not copied through the pipe; one made in shared memory in the first place
+(``video.test_views(..., shared=True)``, which ``load_clips`` does when :func:`in_worker`) is not
+copied at all.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch.multiprocessing  # noqa: F401 - registers shared-memory pickling of tensors
+import torch
+import torch.multiprocessing  # registers shared-memory pickling of tensors
 
 ITEM, DONE, ERROR = "item", "done", "error"
 
@@ -44,19 +51,28 @@ class _Worker:
     since: float = 0.0
 
 
+#: True in a worker process of a pool (set by the worker itself, after the fork).
+_IN_WORKER = False
+
+
+def in_worker() -> bool:
+    """Whether this process is a :class:`WorkerPool` worker, whose items are sent to the parent process."""
+    return _IN_WORKER
+
+
 #: Signals blocked from just before a worker is forked until it has set its own handlers: in between, the
 #: parent's handlers (SIGTERM raising KeyboardInterrupt, in the CLI) would print a traceback from it.
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _worker_main(fn: TaskFn, tasks: Any, results: Any, wid: int, threads: int | None = None) -> None:
+    global _IN_WORKER
     # Ctrl-C: ignored, the parent handles it and stops us. SIGTERM (e.g. to the whole process group):
     # the default action, an immediate quiet exit, not the parent's inherited KeyboardInterrupt.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-    import torch
-
+    _IN_WORKER = True
     torch.set_num_threads(1)  # one core per worker, for the model's math (and the decoder: `threads`)
     kwargs = {} if threads is None else {"threads": threads}
     while True:
@@ -124,20 +140,31 @@ class WorkerPool:
     def run(self, tasks: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, str, Any]]:
         """Yield ``(key, kind, payload)``: ITEM for each item a task produces, then DONE or ERROR.
 
-        Items of different tasks may interleave (one worker per task), but each task's own messages
-        come in order. Time the caller spends between two yields (running the model) is not counted
-        against the workers' timeout: they may just be waiting for queue space.
+        The workers get their first tasks at once, before the first ``next()``, so they decode while the
+        caller does something else. Items of different tasks may interleave (one worker per task), but
+        each task's own messages come in order. Time the caller spends between two yields (running the
+        model) is not counted against the workers' timeout: they may just be waiting for queue space.
         """
         pending = iter(tasks)
-        exhausted = False
+        exhausted = self._fill(pending)
+        return self._stream(pending, exhausted)
+
+    def _fill(self, pending: Iterator[tuple[Any, Any]]) -> bool:
+        """Give each worker tasks up to `ahead`, least loaded first; whether `pending` ran out."""
+        for worker in sorted(self._workers, key=lambda w: len(w.jobs)):
+            while len(worker.jobs) < self.ahead:
+                job = next(pending, None)
+                if job is None:
+                    return True
+                self._give(worker, job)
+        return False
+
+    def _stream(self, pending: Iterator[tuple[Any, Any]], exhausted: bool) -> Iterator[tuple[Any, str, Any]]:
+        for w in self._workers:  # the caller's time before its first next() is not the workers' either
+            w.since = time.monotonic()
         while True:
-            for worker in sorted(self._workers, key=lambda w: len(w.jobs)):  # least loaded first
-                while len(worker.jobs) < self.ahead and not exhausted:
-                    job = next(pending, None)
-                    if job is None:
-                        exhausted = True
-                        break
-                    self._give(worker, job)
+            if not exhausted:
+                exhausted = self._fill(pending)
             if exhausted and not any(w.jobs for w in self._workers):
                 return
             try:

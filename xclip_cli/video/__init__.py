@@ -3,7 +3,7 @@
 Knows nothing about models: it turns files into uint8 frames and frames into normalised tensors.
 """
 
-from .decode import VideoError, VideoInfo, probe, read_frames
+from .decode import Video, VideoError, VideoInfo, open_video, probe, read_frames
 from .sampling import range_to_frames, segment_indices, view_indices, windows
 from .transforms import (
     IMAGENET_MEAN,
@@ -17,9 +17,11 @@ from .transforms import (
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "Video",
     "VideoError",
     "VideoInfo",
     "normalize",
+    "open_video",
     "probe",
     "range_to_frames",
     "read_frames",

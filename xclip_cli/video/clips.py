@@ -14,10 +14,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from .. import workers
 from ..data.records import VideoRecord
 from ..errors import UsageError
 from ..options import MAX_CLIPS, MAX_WINDOWS_PER_FILE
-from .decode import VideoError, probe, read_frames
+from .decode import VideoError, open_video, probe, read_frames  # noqa: F401 - probe: part of this namespace
 from .sampling import range_to_frames, segment_indices, view_indices, windows
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, short_side_for, test_views, train_transform
 
@@ -121,41 +122,55 @@ def load_clips(
     rng: np.random.Generator | None = None,
     generator: torch.Generator | None = None,
     threads: int | None = None,
+    shared: bool | None = None,
 ) -> Iterator[Clip]:
     """Probe `task`'s file and yield its clips one window at a time, decoding only the sampled frames.
 
-    In training mode (``spec.train``) `rng` draws the frame of each segment and `generator` the
-    augmentation (fresh unseeded ones when None); otherwise the clips are placed deterministically.
-    ``threads``: decord's decoding threads, passed to :func:`read_frames` (decode workers use 1).
+    The file is opened once (:func:`~xclip_cli.video.decode.open_video`) and every window is read
+    through that one reader, in order. In training mode (``spec.train``) `rng` draws the frame of each
+    segment and `generator` the augmentation (fresh unseeded ones when None); otherwise the clips are
+    placed deterministically. ``threads``: decord's decoding threads, passed to :func:`read_frames`
+    (decode workers use 1). ``shared``: put the views in shared memory (see
+    :func:`~xclip_cli.video.test_views`); None: when running in a decode worker
+    (:func:`xclip_cli.workers.in_worker`), whose clips go to the parent process.
     """
-    info = probe(task.path)
-    if spec.window is not None and info.fps > 0 and spec.window < 1.0 / info.fps:
-        raise VideoError(
-            task.path, f"--window {spec.window:g} s is shorter than one frame ({1.0 / info.fps:.3g} s)"
-        )
-    for start, end in spans_of(task, info.duration, spec):
-        first, count = range_to_frames(info, start, end)
-        if spec.train:
-            indices = segment_indices(count, spec.frames, train=True, rng=rng) + first
-        else:
-            indices = (view_indices(count, spec.frames, spec.clips) + first).reshape(-1)
-        frames = read_frames(
-            task.path,
-            indices,
-            short_side=short_side_for(spec.image_size, spec.crops),
-            info=info,
-            threads=threads,
-        )
-        if spec.train and spec.augment:
-            if generator is None:
-                generator = torch.Generator()
-                generator.seed()
-            views = train_transform(
-                frames, image_size=spec.image_size, generator=generator, mean=spec.mean, std=spec.std
-            )[None]
-        else:
-            views = test_views(
-                frames, image_size=spec.image_size, crops=spec.crops, mean=spec.mean, std=spec.std
+    shared = workers.in_worker() if shared is None else shared
+    short_side = short_side_for(spec.image_size, spec.crops)
+    with open_video(task.path, threads=threads) as video:
+        info = video.info
+        if spec.window is not None and info.fps > 0 and spec.window < 1.0 / info.fps:
+            raise VideoError(
+                task.path, f"--window {spec.window:g} s is shorter than one frame ({1.0 / info.fps:.3g} s)"
             )
-            views = views.reshape(spec.crops * spec.clips, spec.frames, *views.shape[2:])
-        yield Clip(start, end, info.duration, indices.tolist(), views)
+        planned = []
+        for start, end in spans_of(task, info.duration, spec):
+            first, count = range_to_frames(info, start, end)
+            if spec.train:
+                indices = segment_indices(count, spec.frames, train=True, rng=rng) + first
+            else:
+                indices = (view_indices(count, spec.frames, spec.clips) + first).reshape(-1)
+            planned.append((start, end, indices))
+        if len(planned) > 1:
+            video.plan([indices for _, _, indices in planned])
+        for start, end, indices in planned:
+            frames = read_frames(
+                task.path, indices, short_side=short_side, info=info, threads=threads, video=video
+            )
+            if spec.train and spec.augment:
+                if generator is None:
+                    generator = torch.Generator()
+                    generator.seed()
+                views = train_transform(
+                    frames, image_size=spec.image_size, generator=generator, mean=spec.mean, std=spec.std
+                )[None]
+            else:
+                views = test_views(
+                    frames,
+                    image_size=spec.image_size,
+                    crops=spec.crops,
+                    mean=spec.mean,
+                    std=spec.std,
+                    shared=shared,
+                )
+                views = views.reshape(spec.crops * spec.clips, spec.frames, *views.shape[2:])
+            yield Clip(start, end, info.duration, indices.tolist(), views)

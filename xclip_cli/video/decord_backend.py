@@ -35,27 +35,7 @@ except ImportError:  # pragma: no cover - depends on the platform
 
 def probe(path: str | os.PathLike[str]) -> VideoInfo:
     """Metadata of the video stream decord opens (the same "best" stream as ffmpeg's)."""
-    with _native_output(path):
-        vr = decord.VideoReader(os.fspath(path), ctx=decord.cpu(0), num_threads=1)
-    num_frames = len(vr)
-    fps = float(vr.get_avg_fps())
-    if not (math.isfinite(fps) and fps > 0):
-        raise RuntimeError(f"unusable frame rate {fps}")
-    # decord has no width/height accessor; one decoded frame is the cheapest way to get them, and
-    # its shape is already the displayed (rotated) one.
-    frame = _to_numpy(vr.next())
-    if frame.ndim != 3 or frame.shape[2] != 3:
-        raise RuntimeError(f"bad frame shape {frame.shape}")  # seen for 1x1-pixel video
-    height, width = frame.shape[:2]
-    return VideoInfo(
-        path=os.fspath(path),
-        num_frames=num_frames,
-        fps=fps,
-        duration=num_frames / fps,
-        width=int(width),
-        height=int(height),
-        rotation=_iso_rotation(path),
-    )
+    return Reader(path, threads=1).info
 
 
 def read(
@@ -65,16 +45,81 @@ def read(
 
     ``threads``: decord's decoding threads for this file (0 lets FFmpeg choose).
     """
+    vr, _ = _open(path, size, threads)
+    return _get_batch(vr, wanted)
+
+
+class Reader:
+    """One file kept open: probed on opening, then read any number of times (e.g. every window).
+
+    Opening a decord reader indexes every packet of the file, so reading all of a file's windows
+    through one reader saves a pass over the file per window, and decord walks forward from where the
+    last read stopped instead of seeking back to a keyframe. The probe's reader (at the stored size)
+    also serves reads that need no downscale; a read at another size opens one reader at that size
+    (the decoder scales, so frames are never converted to RGB at full size) and keeps it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], threads: int) -> None:
+        self.path = os.fspath(path)
+        self.threads = threads
+        self._vr, frame = _open(self.path, None, threads)
+        self._size: tuple[int, int] | None = None  # of self._vr; None: as stored
+        num_frames = len(self._vr)
+        fps = float(self._vr.get_avg_fps())
+        if not (math.isfinite(fps) and fps > 0):
+            raise RuntimeError(f"unusable frame rate {fps}")
+        # decord has no width/height accessor; the first frame gives them, already displayed (rotated).
+        height, width = frame.shape[:2]
+        self.info = VideoInfo(
+            path=self.path,
+            num_frames=num_frames,
+            fps=fps,
+            duration=num_frames / fps,
+            width=int(width),
+            height=int(height),
+            rotation=_iso_rotation(self.path),
+        )
+
+    def read(self, wanted: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+        """Frames ``wanted`` (clamped to the last one), scaled to ``size`` (width, height) when given."""
+        if size != self._size:
+            self._vr = None  # let the old reader go before the next one allocates its buffers
+            self._vr, _ = _open(self.path, size, self.threads)
+            self._size = size
+        return _get_batch(self._vr, wanted)
+
+    def close(self) -> None:
+        self._vr = None
+
+
+def _open(path: str | os.PathLike[str], size: tuple[int, int] | None, threads: int):
+    """A reader scaled to ``size`` (None: as stored) that has read its first frame; and that frame.
+
+    Reading frame 0 first is also a fix: in some AVI files (HMDB51's, for one) decord indexes frames 0
+    and 1 as keyframes and every seek lands one frame short, so a fresh reader's first ``get_batch``
+    returned frame i-1 for frame i. A reader already past frame 0 walks forward to the frames asked
+    for without seeking and returns the true frames (those ffmpeg returns). Decoding frame 0 is work
+    the walk forward does anyway, when the first wanted frame lies before the next keyframe.
+    """
     width, height = size if size is not None else (-1, -1)
     with _native_output(path):
         vr = decord.VideoReader(
             os.fspath(path), ctx=decord.cpu(0), width=width, height=height, num_threads=threads
         )
+    frame = _to_numpy(vr.next())
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise RuntimeError(f"bad frame shape {frame.shape}")  # seen for 1x1-pixel video
+    return vr, frame
+
+
+def _get_batch(vr, wanted: np.ndarray) -> np.ndarray:
     # Sorted unique indices let decord walk the file forward once.
     unique, inverse = np.unique(np.minimum(wanted, len(vr) - 1), return_inverse=True)
     batch = _to_numpy(vr.get_batch(unique.tolist()))
     if batch.ndim != 4 or batch.shape[0] != len(unique) or batch.shape[3] != 3:
         raise RuntimeError(f"bad batch shape {batch.shape}")
+    if len(unique) == len(wanted) and (inverse == np.arange(len(wanted))).all():
+        return batch  # asked in order without repeats (the usual case): no gather copy
     return batch[inverse]
 
 

@@ -2,17 +2,20 @@
 
 Inputs are uint8 RGB frames ``[N, H, W, 3]`` (numpy or torch), as :func:`read_frames` returns them.
 Resizing and cropping stay in uint8 (cheap, and what the official mmcv/PIL pipeline does between
-steps); conversion to float happens once, in :func:`normalize`.
+steps); conversion to float happens once, straight into the output tensor.
+
+torch only: importing torchvision costs about 1.5 s of start-up (it imports ``torch._dynamo``), so the
+resize and greyscale steps are torchvision's kernels called the way torchvision calls them
+(:func:`_resize`, :func:`_grayscale`; tests check they give bit-identical results).
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as F
-from torchvision.transforms import InterpolationMode
 
 from ..imagenet import IMAGENET_MEAN, IMAGENET_STD  # one definition of the ImageNet statistics, re-exported
 
@@ -54,12 +57,17 @@ def test_views(
     crops: int = 1,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    shared: bool = False,
 ) -> torch.Tensor:
     """Evaluation crops of one clip, float32 ``[crops, N, 3, S, S]`` with S = ``image_size``.
 
     ``crops=1``: resize the short side to :func:`short_side_for` and take the centre square.
     ``crops=3``: resize the short side to S and take three squares along the long side, in the
     official ThreeCrop order: start (left/top), end (right/bottom), middle.
+
+    The crops go from uint8 into one contiguous float32 tensor in one pass, normalised in place.
+    ``shared``: allocate it in shared memory, for a tensor about to be sent to another process (a
+    decode worker's clip): torch would otherwise copy it there when it is pickled.
     """
     x = _as_uint8_nchw(frames_u8)
     x = _resize_short_side(x, short_side_for(image_size, crops))
@@ -72,8 +80,10 @@ def test_views(
     else:  # portrait: slide along the height
         step = (height - image_size) // 2
         offsets = [(0, 0), (2 * step, 0), (step, 0)]
-    views = torch.stack([x[..., top : top + image_size, left : left + image_size] for top, left in offsets])
-    return normalize(views.float(), mean, std).contiguous()
+    views = _empty_float((len(offsets), x.shape[0], 3, image_size, image_size), shared)
+    for view, (top, left) in zip(views, offsets):
+        view.copy_(x[..., top : top + image_size, left : left + image_size])  # uint8 -> float, NCHW
+    return _normalize_(views, mean, std)
 
 
 # pytest would otherwise collect ``test_views`` as a test wherever a test module imports it.
@@ -113,7 +123,7 @@ def train_transform(
     positions = [(0, 0), (4 * w_step, 0), (0, 4 * h_step), (4 * w_step, 4 * h_step), (2 * w_step, 2 * h_step)]
     left, top = positions[_randint(len(positions), generator)]
     x = x[..., top : top + crop_h, left : left + crop_w]
-    x = F.resize(x, [image_size, image_size], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    x = _resize(x, image_size, image_size)
 
     if _coin(0.5, generator):
         x = x.flip(-1)
@@ -121,7 +131,7 @@ def train_transform(
     if _coin(0.8, generator):
         x = _color_jitter_per_frame(x, generator)
     if _coin(0.2, generator):
-        x = F.rgb_to_grayscale(x, num_output_channels=3)
+        x = _grayscale(x).expand_as(x)
     return normalize(x, mean, std).contiguous()
 
 
@@ -132,7 +142,7 @@ def _as_uint8_nchw(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"expected uint8 frames [N, H, W, 3], got {x.dtype} {tuple(x.shape)}")
-    # A channels-last view, no copy; torchvision's uint8 antialiased resize is fastest on this layout.
+    # A channels-last view, no copy; torch's uint8 antialiased resize is fastest on this layout.
     return x.permute(0, 3, 1, 2)
 
 
@@ -144,7 +154,57 @@ def _resize_short_side(x: torch.Tensor, short_side: int) -> torch.Tensor:
     # Round like mmcv's rescale, and pin the short side exactly.
     new_h = short_side if height <= width else int(height * scale + 0.5)
     new_w = short_side if width < height else int(width * scale + 0.5)
-    return F.resize(x, [new_h, new_w], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return _resize(x, new_h, new_w)
+
+
+#: Whether torch's uint8 antialiased bilinear kernel is used as is. torchvision (``resize_image``)
+#: calls it only where it is vectorised (AVX2/AVX512, arm64); elsewhere it resizes in float32 and rounds.
+_NATIVE_UINT8_RESIZE = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or (
+    platform.machine() in ("aarch64", "arm64")
+)
+
+
+def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """torchvision's ``resize(x, [height, width], BILINEAR, antialias=True)`` of uint8 ``[N, 3, H, W]``.
+
+    The same call of ``torch.nn.functional.interpolate`` as torchvision's ``resize_image`` (same
+    kernel, same dtype handling), so the pixels are bit-identical, without importing torchvision.
+    """
+    if (height, width) == tuple(x.shape[-2:]):
+        return x
+    if x.is_contiguous(memory_format=torch.channels_last) and x.shape[0] == 1 and x.numel() != x.stride(0):
+        # As torchvision does: restride a single channels-last frame so that interpolate keeps the
+        # layout (pytorch/pytorch#68430) and the uint8 kernel needs no re-packing of its output.
+        x = x.as_strided(x.shape, (x.numel(), *x.stride()[1:]))
+    native = x.dtype in (torch.float32, torch.float64) or (x.dtype == torch.uint8 and _NATIVE_UINT8_RESIZE)
+    y = x if native else x.float()
+    y = torch.nn.functional.interpolate(
+        y, size=[height, width], mode="bilinear", align_corners=False, antialias=True
+    )
+    return y if native else y.round_().to(x.dtype)
+
+
+def _grayscale(x: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``rgb_to_grayscale`` of float ``[..., 3, H, W]``: ``[..., 1, H, W]``, the same ops."""
+    r, g, b = x.unbind(dim=-3)
+    return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(dim=-3)
+
+
+def _empty_float(shape: tuple[int, ...], shared: bool) -> torch.Tensor:
+    """An uninitialised float32 tensor, in shared memory when ``shared`` (no copy when it is pickled)."""
+    if not shared:
+        return torch.empty(shape, dtype=torch.float32)
+    numel = int(np.prod(shape))
+    storage = torch.UntypedStorage._new_shared(numel * 4)  # what DataLoader workers' collate does
+    strides = torch.empty(shape, device="meta").stride()
+    return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape, strides)
+
+
+def _normalize_(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """:func:`normalize` in place (the same float ops, so the same values)."""
+    mean_t = torch.as_tensor(mean, dtype=frames.dtype).view(3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=frames.dtype).view(3, 1, 1)
+    return frames.sub_(mean_t).div_(std_t)
 
 
 def _randint(n: int, generator: torch.Generator) -> int:
@@ -182,12 +242,12 @@ def _brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def _contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    mean = F.rgb_to_grayscale(x).mean(dim=(-3, -2, -1), keepdim=True)
+    mean = _grayscale(x).mean(dim=(-3, -2, -1), keepdim=True)
     return (factor * x + (1 - factor) * mean).clamp_(0, 255)
 
 
 def _saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (factor * x + (1 - factor) * F.rgb_to_grayscale(x)).clamp_(0, 255)
+    return (factor * x + (1 - factor) * _grayscale(x)).clamp_(0, 255)
 
 
 def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
