@@ -23,7 +23,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from xclip_cli import tagging, workers  # noqa: E402
+from xclip_cli import pipeline, tagging, workers  # noqa: E402
 
 IMPORTED = time.perf_counter()
 sys.path.insert(0, str(Path(__file__).parent))
@@ -33,7 +33,7 @@ import tag_throughput as bench  # noqa: E402
 def stages(clips: list[str], model_dir: str) -> dict[str, float]:
     """Seconds per stage of one in-process tag run with default settings."""
     spent = {"encoder": 0.0, "waiting for decoded clips": 0.0}
-    encode, run = tagging.TagRun._encode, workers.WorkerPool.run
+    encode, run = pipeline.TagRun._encode, workers.WorkerPool.run
 
     def timed_encode(self, batch):
         start = time.perf_counter()
@@ -50,15 +50,15 @@ def stages(clips: list[str], model_dir: str) -> dict[str, float]:
                 return
             yield item
 
-    tagging.TagRun._encode, workers.WorkerPool.run = timed_encode, timed_run
+    pipeline.TagRun._encode, workers.WorkerPool.run = timed_encode, timed_run
     try:
         start = time.perf_counter()
         tag_run = tagging.prepare(labels=bench.FIVE, model=model_dir)
         loaded = time.perf_counter()
-        rows = [row for rows in tag_run.run([tagging.VideoTask(c) for c in clips]) for row in rows]
+        rows = [row for rows in tag_run.run([pipeline.VideoTask(c) for c in clips]) for row in rows]
         end = time.perf_counter()
     finally:
-        tagging.TagRun._encode, workers.WorkerPool.run = encode, run
+        pipeline.TagRun._encode, workers.WorkerPool.run = encode, run
     assert len(rows) == len(clips)
     rest = (end - loaded) - spent["encoder"] - spent["waiting for decoded clips"]
     return {

@@ -86,8 +86,10 @@ def run_baseline(clips: list[str], labels: list[str], hf_dir: str, tok_dir: str)
 
 def run_bound(clips: list[str], ours_dir: str, precision: str, batch_size: int) -> None:
     """Our visual encoder on tensors decoded and normalised beforehand, in `xclip tag`'s batches; only
-    the encoder is timed."""
+    the encoder is timed. Also counts its FLOPs per video (torch's FlopCounterMode: matmuls, convolution,
+    attention; 2 per multiply-add)."""
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     from xclip_cli import load_model
 
@@ -95,12 +97,46 @@ def run_bound(clips: list[str], ours_dir: str, precision: str, batch_size: int) 
     tensors = [views_of(model, p) for p in clips]
     batches = [torch.cat(tensors[i : i + batch_size]) for i in range(0, len(tensors), batch_size)]
     with torch.no_grad():
-        model.encode_video(batches[0])  # warm-up
+        with FlopCounterMode(display=False) as counter:
+            model.encode_video(batches[0][:1])  # also the warm-up
         start = time.perf_counter()
         for views in batches:
             model.encode_video(views)
         seconds = time.perf_counter() - start
-    print(json.dumps({"videos": len(tensors), "encoder_seconds": seconds}))
+    print(
+        json.dumps(
+            {
+                "videos": len(tensors),
+                "encoder_seconds": seconds,
+                "gflop_per_video": counter.get_total_flops() / 1e9,
+                "precision": model.precision,
+            }
+        )
+    )
+
+
+def run_decode(clips: list[str], workers: int) -> None:
+    """Decoding alone: the clips' views through `xclip tag`'s workers and loader, nothing else."""
+    from decode_rate import decode_rate
+
+    from xclip_cli.video.clips import ClipSpec
+
+    spec = ClipSpec(frames=8, image_size=224)
+    print(json.dumps(decode_rate(clips, spec, workers=workers, timeout=120.0)))
+
+
+def run_pipeline(clips: list[str], ours_dir: str, precision: str, workers: int, labels: list[str]) -> None:
+    """The whole flow in one process after start-up: decode workers, encoder, scores (timed: the
+    results of every clip, from the first task handed out to the last result)."""
+    from xclip_cli.pipeline import VideoTask
+    from xclip_cli.tagging import prepare
+
+    run = prepare(labels=labels, model=ours_dir, precision=precision, workers=workers)
+    start = time.perf_counter()
+    results = [r for rs in run.results([VideoTask(c) for c in clips]) for r in rs]
+    seconds = time.perf_counter() - start
+    failed = sum(r.error is not None for r in results)
+    print(json.dumps({"videos": len(clips), "flow_seconds": seconds, "failed": failed}))
 
 
 def views_of(model, path: str):
@@ -226,28 +262,76 @@ def save_weights(workdir: Path) -> tuple[str, str, str]:
     return str(ours), str(workdir / "hf"), str(tok_dir)
 
 
-def agreement(clips: list[str], ours_dir: str, fp32_report: Path, bf16_report: Path) -> dict:
-    """bf16 vs fp32 on the CPU: top-1 agreement of the two reports; video-embedding cosine on 8 clips."""
+def agreement(clips: list[str], ours_dir: str, precision: str, fp32_report: Path, report: Path) -> dict:
+    """`precision` vs fp32: top-1 agreement of the two reports; video-embedding cosine on every clip."""
     import torch
 
     from xclip_cli import load_model
 
-    def top1(report: Path) -> dict[str, str]:
-        return {row["path"]: row["label"] for row in map(json.loads, report.read_text().splitlines())}
+    def top1(path: Path) -> dict[str, str]:
+        rows = map(json.loads, path.read_text().splitlines())
+        return {row["path"]: row["label"] for row in rows if not row["error"]}
 
-    a, b = top1(fp32_report), top1(bf16_report)
-    full, half = load_model(ours_dir), load_model(ours_dir, precision="bf16")
+    a, b = top1(fp32_report), top1(report)
+    full, other = load_model(ours_dir, precision="fp32"), load_model(ours_dir, precision=precision)
     cos = []
     with torch.no_grad():
-        for path in clips[:: max(1, len(clips) // 8)][:8]:
+        for path in clips:
             views = views_of(full, path)
-            x, y = full.encode_video(views).embedding, half.encode_video(views).embedding.float()
+            x, y = full.encode_video(views).embedding, other.encode_video(views).embedding.float()
             cos.append(torch.nn.functional.cosine_similarity(x, y).item())
     return {
         "min_cos": min(cos),
         "mean_cos": sum(cos) / len(cos),
         "top1_agree": sum(a[p] == b.get(p) for p in a) / len(a),
+        "clips": len(cos),
     }
+
+
+def fp32_peak_gflops() -> tuple[float, str]:
+    """This machine's fp32 peak, cores x clock x FLOPs per cycle, and how it was reckoned.
+
+    FLOPs per cycle per core: 2 FMA units x vector lanes x 2 (an FMA is a multiply and an add); lanes 16
+    with AVX-512, 8 with AVX2. AMD Zen 3/4 (family 25) run AVX-512 on 256-bit units: 8 lanes.
+    """
+    from xclip_cli.precision import cpu_features
+
+    info = {}
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    ghz = float(info.get("cpu MHz", "0")) / 1000
+    flags = cpu_features()
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    if info.get("vendor_id") == "AuthenticAMD" and info.get("cpu family") == "25":
+        lanes = min(lanes, 8)
+    cores = os.cpu_count() or 1
+    per_cycle = 2 * lanes * 2
+    return (
+        cores * ghz * per_cycle,
+        f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FLOP/cycle (2 FMA x {lanes} lanes x 2)",
+    )
+
+
+def startup(short_clip: str, ours_dir: str, label_file: Path, repeat: int) -> dict:
+    """`xclip tag` on one short clip and `python -c "import torch"`, alternately; medians of `repeat`."""
+    torch_s, tag_s = [], []
+    tag_cmd = [
+        sys.executable,
+        "-m",
+        "xclip_cli",
+        "tag",
+        short_clip,
+        "-m",
+        ours_dir,
+        "--labels",
+        str(label_file),
+    ]
+    for _ in range(repeat):
+        torch_s.append(measure([sys.executable, "-c", "import torch"])["wall"])
+        tag_s.append(measure(tag_cmd)["wall"])
+    return {"torch": sorted(torch_s)[repeat // 2], "tag": sorted(tag_s)[repeat // 2], "repeat": repeat}
 
 
 def main() -> None:
@@ -255,7 +339,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="only the first N clips (a quick look)")
     parser.add_argument("--results", type=Path, help="append the tables to this markdown file")
     parser.add_argument(
-        "--repeat", type=int, default=2, help="runs per fp32 configuration; the fastest counts"
+        "--repeat", type=int, default=1, help="runs per whole-process configuration; the fastest counts"
     )
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--args", help=argparse.SUPPRESS)
@@ -266,11 +350,18 @@ def main() -> None:
             run_baseline(spec["clips"], spec["labels"], spec["hf"], spec["tok"])
         elif args.run == "cache":
             run_cache(spec["clips"], spec["ours"], spec["vocabularies"], spec["cache"])
+        elif args.run == "decode":
+            run_decode(spec["clips"], spec["workers"])
+        elif args.run == "pipeline":
+            run_pipeline(spec["clips"], spec["ours"], spec["precision"], spec["workers"], spec["labels"])
         else:
             run_bound(spec["clips"], spec["ours"], spec["precision"], spec["batch_size"])
         return
 
     import torch
+
+    from xclip_cli.precision import cpu_description, resolve_precision
+    from xclip_cli.tagging import default_workers
 
     clips = decodable_clips(args.limit)
     n = len(clips)
@@ -281,6 +372,9 @@ def main() -> None:
     ours, hf, tok = save_weights(work)
     me = [sys.executable, __file__]
     xclip = [sys.executable, "-m", "xclip_cli", "tag", *clips, "-m", ours, "--format", "jsonl", "--overwrite"]
+    auto = resolve_precision("auto", "cpu")
+    precisions = [auto] + (["fp32"] if auto != "fp32" else [])
+    workers = default_workers(auto, "cpu")
 
     def best(cmd: list[str], repeat: int = args.repeat) -> dict:
         """The fastest of `repeat` runs (this machine's speed drifts by 10-15 % from run to run)."""
@@ -290,68 +384,93 @@ def main() -> None:
     def child(kind: str, **spec) -> list[str]:
         return [*me, "--run", kind, "--args", json.dumps(spec)]
 
-    bounds = {
-        p: best(
-            child("bound", clips=clips, ours=ours, precision=p, batch_size=BATCH),
-            1 if p == "bf16" else args.repeat,
-        )
-        for p in ("fp32", "bf16")
-    }
-    lines = [
-        f"### tag_throughput — {date.today()}",
-        "",
-        f"Machine: {_cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, Python "
-        f"{platform.python_version()}. {n} clips (every decodable clip in ../shared/data/videos); base-patch32 "
-        f"architecture, random weights; wall time from process start to report written; fp32 rows best of "
-        f"{args.repeat} runs.",
-        "",
-        "| vocabulary | configuration | wall s | videos/s | vs baseline | vs bound | peak PSS MB (all processes) | peak RSS MB (largest) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-
     def labels_file(name: str, labels: list[str]) -> Path:
         path = work / f"{name}.txt"
         path.write_text("\n".join(labels) + "\n")
         return path
 
+    # The stages alone, and the flow that overlaps them, each in its own process, timed inside it.
+    bounds = {
+        p: measure(child("bound", clips=clips, ours=ours, precision=p, batch_size=BATCH)) for p in precisions
+    }
+    decode = measure(child("decode", clips=clips, workers=workers))
+    flows = {
+        p: measure(child("pipeline", clips=clips, ours=ours, precision=p, workers=workers, labels=FIVE))
+        for p in precisions
+    }
+    header = [
+        f"### tag_throughput — {date.today()}",
+        "",
+        f"Machine: {cpu_description()}, {os.cpu_count()} cores, torch {torch.__version__}, Python "
+        f"{platform.python_version()}. {n} clips (every decodable clip in ../shared/data/videos); base-patch32 "
+        f"architecture, random weights. `--precision auto` picks {auto} here; decode workers: {workers}.",
+        "",
+    ]
+    lines = [
+        "| stage, in one process after start-up | precision | s | videos/s | flow vs slowest stage |",
+        "|---|---|---|---|---|",
+        f"| decode alone ({workers} workers, 8 frames, 224 px) | | {decode['seconds']:.1f} | "
+        f"{n / decode['seconds']:.2f} | |",
+    ]
+    for p in precisions:
+        enc, flow = bounds[p]["encoder_seconds"], flows[p]["flow_seconds"]
+        lines += [
+            f"| encoder alone, batches of {BATCH} | {p} | {enc:.1f} | {n / enc:.2f} | |",
+            f"| the flow: decode workers + encoder + scores (5 labels) | {p} | {flow:.1f} | {n / flow:.2f} | "
+            f"{flow / max(enc, decode['seconds']):.2f}x |",
+        ]
+    peak, reckoning = fp32_peak_gflops()
+    if "fp32" in bounds:
+        b = bounds["fp32"]
+        achieved = b["gflop_per_video"] * n / b["encoder_seconds"]
+        lines += [
+            "",
+            f"fp32 encoder: {b['gflop_per_video']:.1f} GFLOP per video (FlopCounterMode), {achieved:.0f} GFLOP/s "
+            f"achieved = {achieved / peak * 100:.0f}% of this machine's fp32 peak {peak:.0f} GFLOP/s ({reckoning}).",
+        ]
+    lines += [
+        "",
+        "| vocabulary | whole process (start to report written) | wall s | videos/s | vs baseline | vs slowest stage | peak PSS MB (all processes) | peak RSS MB (largest) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     reports = {}
     for name, labels in vocabularies.items():
         label_file = labels_file(f"labels-{len(labels)}", labels)
         base = best(child("baseline", clips=clips, labels=labels, hf=hf, tok=tok))
         runs = {}
-        for precision in ("fp32", "bf16"):
-            reports[name, precision] = work / f"{precision}-{len(labels)}.jsonl"
-            cmd = [
-                *xclip,
-                "--labels",
-                str(label_file),
-                "--precision",
-                precision,
-                "-o",
-                str(reports[name, precision]),
-            ]
-            runs[precision] = best(cmd, 1 if precision == "bf16" else args.repeat)
+        for p in precisions:
+            reports[name, p] = work / f"{p}-{len(labels)}.jsonl"
+            flag = [] if p == auto else ["--precision", p]
+            runs[p] = best([*xclip, "--labels", str(label_file), *flag, "-o", str(reports[name, p])])
         rows = [
             (
-                f"baseline (transformers docs; {base['videos']} read, {base['failed']} it cannot read)",
+                f"baseline (transformers docs, fp32; {base['videos']} read, {base['failed']} it cannot read)",
                 base,
                 None,
-            ),
-            ("ours `xclip tag`", runs["fp32"], bounds["fp32"]),
-            ("ours `xclip tag --precision bf16`", runs["bf16"], bounds["bf16"]),
+            )
         ]
-        for label, m, b in rows:
+        rows += [
+            (f"`xclip tag`{'' if p == auto else ' --precision ' + p} ({p})", runs[p], p) for p in precisions
+        ]
+        for label, m, p in rows:
             videos = m.get("videos", n) if m is base else n
-            vs_bound = f"{m['wall'] / b['encoder_seconds']:.2f}x" if b else ""
+            slowest = f"{m['wall'] / max(bounds[p]['encoder_seconds'], decode['seconds']):.2f}x" if p else ""
             lines.append(
                 f"| {name} | {label} | {m['wall']:.1f} | {videos / m['wall']:.2f} | "
-                f"{base['wall'] / m['wall']:.2f}x | {vs_bound} | {m['pss_mb']:.0f} | {m['rss_mb']:.0f} |"
+                f"{base['wall'] / m['wall']:.2f}x | {slowest} | {m['pss_mb']:.0f} | {m['rss_mb']:.0f} |"
             )
-    for precision, b in bounds.items():
-        lines.append(
-            f"| any | bound: encoder alone, {precision}, batches of {BATCH} | {b['encoder_seconds']:.1f} | "
-            f"{n / b['encoder_seconds']:.2f} | | 1.00x | {b['pss_mb']:.0f} | {b['rss_mb']:.0f} |"
-        )
+
+    short = min(
+        (c for c in clips if "1x1" not in c and c.endswith((".avi", ".mp4"))),
+        key=lambda c: Path(c).stat().st_size,
+    )
+    up = startup(short, ours, labels_file("labels-5", FIVE), repeat=5)
+    lines += [
+        "",
+        f"One short video (`xclip tag {Path(short).name} --labels 5-labels.txt`, median of {up['repeat']}, "
+        f'alternating): {up["tag"]:.2f} s; `python -c "import torch"` {up["torch"]:.2f} s: '
+        f"+{up['tag'] - up['torch']:.2f} s over the torch import.",
+    ]
 
     cached = [FIVE, ["surfing", "cooking", "dancing", "playing guitar", "walking the dog"], k400]
     files = [labels_file(f"cache-vocab-{i}", labels) for i, labels in enumerate(cached)]
@@ -373,19 +492,23 @@ def main() -> None:
         lines.append(
             f"| {label} | {t[0]:.1f} | {t[1]:.2f} | {t[0] / t[1]:.0f}x | {t[2]:.2f} | {t[0] / t[2]:.0f}x |"
         )
-
-    agree = agreement(clips, ours, reports["400 labels (K400)", "fp32"], reports["400 labels (K400)", "bf16"])
+    if auto != "fp32":
+        agree = agreement(
+            clips, ours, auto, reports["400 labels (K400)", "fp32"], reports["400 labels (K400)", auto]
+        )
+        lines += [
+            "",
+            f"{auto} vs fp32: video-embedding cosine min {agree['min_cos']:.5f}, mean {agree['mean_cos']:.5f} "
+            f"({agree['clips']} clips); top-1 agreement over 400 labels {agree['top1_agree'] * 100:.0f}% (random "
+            "weights give near-tied scores, a harsh test).",
+        ]
     lines += [
-        "",
-        f"bf16 vs fp32 (CPU): video-embedding cosine min {agree['min_cos']:.5f}, mean {agree['mean_cos']:.5f} "
-        f"(8 clips); top-1 agreement over 400 labels {agree['top1_agree'] * 100:.0f}% of {n} clips (random "
-        "weights give near-tied scores, a harsh test).",
         "",
         f"Command: `python benchmarks/tag_throughput.py --repeat {args.repeat}"
         f"{' --limit ' + str(args.limit) if args.limit else ''}`",
         "",
     ]
-    publish(lines, args.results)
+    publish(header + lines, args.results)
 
 
 def publish(lines: list[str], results: Path | None) -> None:
@@ -395,17 +518,6 @@ def publish(lines: list[str], results: Path | None) -> None:
     if results:
         with open(results, "a") as f:
             f.write(text + "\n")
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

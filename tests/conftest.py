@@ -7,6 +7,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 torch.manual_seed(0)
+# The same numbers on every CPU: left out, the precision is fp32 for the whole session (module and session
+# fixtures too, and every `xclip` subprocess); the tests of `auto` ask for it by name or unset this.
+os.environ["XCLIP_PRECISION"] = "fp32"
 
 
 @pytest.fixture(autouse=True)

@@ -514,16 +514,16 @@ def test_hmdb_all_splits_end_to_end(tiny_dir, hmdb_root, tmp_path):
 
 @needs_data
 def test_overlapping_splits_decode_each_video_once(tiny_dir, hmdb_root, monkeypatch):
-    from xclip_cli import tagging
+    from xclip_cli import pipeline
 
     calls = []
-    real = tagging.load_clips
+    real = pipeline.load_clips
 
     def counting(task, spec):
         calls.append(Path(task.path).name)
         return real(task, spec)
 
-    monkeypatch.setattr(tagging, "load_clips", counting)
+    monkeypatch.setattr(pipeline, "load_clips", counting)
     result = evaluate(load_splits("hmdb51", hmdb_root, "all"), model=str(tiny_dir), workers=0)
     on_disk = {Path(p).name for k in (1, 2, 3) for p in hmdb_listed(k) if "Gone" not in p}
     assert sorted(calls) == sorted(on_disk)  # each once, though splits share them

@@ -387,13 +387,13 @@ def test_an_interrupted_validation_is_not_recorded_and_resume_matches(
 ):
     """Half-way through a validation: a KeyboardInterrupt raised in it (second Ctrl-C, no handler), or a
     SIGINT that sets the stop flag while the next clip fails (the signal killed its decoder)."""
-    import xclip_cli.tagging
+    import xclip_cli.pipeline
     from xclip_cli.training import TrainingInterrupted, finetune
 
     result, init = reference
     run = tmp_path / "run"
     interrupted_epoch = 1 if how.endswith("1") else 2
-    real_results = xclip_cli.tagging.TagRun.results
+    real_results = xclip_cli.pipeline.TagRun.results
     calls = []
 
     def tag_results(self, tasks):
@@ -410,7 +410,7 @@ def test_an_interrupted_validation_is_not_recorded_and_resume_matches(
                 results = [dataclasses.replace(results[0], probs=None, error="ffmpeg: killed by signal 2")]
             yield results
 
-    monkeypatch.setattr(xclip_cli.tagging.TagRun, "results", tag_results)
+    monkeypatch.setattr(xclip_cli.pipeline.TagRun, "results", tag_results)
     try:
         finetune(
             run,
@@ -436,7 +436,7 @@ def test_an_interrupted_validation_is_not_recorded_and_resume_matches(
     assert (state["epoch"], state["step"]) == (interrupted_epoch - 1, 4)  # the epoch's training is done
     assert len(state["metrics"]) == interrupted_epoch - 1
 
-    monkeypatch.setattr(xclip_cli.tagging.TagRun, "results", real_results)
+    monkeypatch.setattr(xclip_cli.pipeline.TagRun, "results", real_results)
     finetune(run, resume=True)
     assert_same_metrics(run, result.metrics)
 

@@ -146,11 +146,11 @@ def test_cache_skips_decoding_and_matches(tiny_dir, tmp_path, monkeypatch):
     def no_decoding(*a, **k):
         raise AssertionError("decoded a video despite the cache")
 
-    monkeypatch.setattr(clips_module, "read_frames", no_decoding)
-    monkeypatch.setattr(clips_module, "probe", no_decoding)
     other = ["swimming", "cooking", "riding a bike"]
-    cached = list(tag(files, labels=other, **opts))
-    monkeypatch.undo()
+    with monkeypatch.context() as patched:
+        patched.setattr(clips_module, "read_frames", no_decoding)
+        patched.setattr(clips_module, "probe", no_decoding)
+        cached = list(tag(files, labels=other, **opts))
     fresh = list(tag(files, labels=other, model=str(tiny_dir), workers=0))
     assert [r["label"] for r in cached] == [r["label"] for r in fresh]
     for a, b in zip(cached, fresh):

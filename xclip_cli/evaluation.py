@@ -141,7 +141,7 @@ def mean_std(values: Sequence[float], ddof: int = STD_DDOF) -> tuple[float, floa
 
 # -- the protocol --------------------------------------------------------------------------------------------
 class Scorer(Protocol):
-    """What `evaluate` needs from a :class:`~xclip_cli.tagging.TagRun` (tests substitute known scores)."""
+    """What `evaluate` needs from a :class:`~xclip_cli.pipeline.TagRun` (tests substitute known scores)."""
 
     vocabulary: Any
 
@@ -259,7 +259,7 @@ def vocabulary_of(splits: Sequence[Split]) -> list[str]:
 
 
 def prepare_run(splits: Sequence[Split], **options: Any):
-    """A :class:`~xclip_cli.tagging.TagRun` over the splits' classes; `options` as ``tagging.prepare``
+    """A :class:`~xclip_cli.pipeline.TagRun` over the splits' classes; `options` as ``tagging.prepare``
     (model, frames, views, device, precision, batch_size, workers, timeout, templates)."""
     from .tagging import prepare
 
@@ -389,7 +389,7 @@ def describe(run: Any) -> dict[str, Any]:
     if vocabulary is not None and hasattr(vocabulary, "templates"):
         settings["templates"] = list(vocabulary.templates)
     if model is not None and hasattr(model, "config"):
-        from .tagging import model_fingerprint
+        from .pipeline import model_fingerprint
 
         settings["model"].update(
             source=str(getattr(model, "source", None)),

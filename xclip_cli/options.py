@@ -7,6 +7,7 @@ purpose (no torch): the CLI calls them before it imports the model.
 from __future__ import annotations
 
 import math
+import re
 
 from .errors import UsageError
 
@@ -85,3 +86,26 @@ def check_run(
 def check_scores(top_k: int | None = None, threshold: float | None = None) -> None:
     integer("--top-k", top_k, low=1)
     number("--threshold", threshold, low=0.0, high=1.0)
+
+
+def parse_views(text: str) -> tuple[int, int]:
+    """``"4x3"`` -> (4 clips, 3 crops). Crops are 1 (centre) or 3 (official three-crop)."""
+    try:
+        clips, crops = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--views must look like CLIPSxCROPS, e.g. 1x1 or 4x3; got {text!r}") from None
+    if not 1 <= clips <= MAX_CLIPS or crops not in (1, 3):
+        raise UsageError(f"--views {text!r}: clips must be 1 to {MAX_CLIPS} and crops 1 or 3")
+    return clips, crops
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(?::\d+)?)$")
+
+
+def check_device_name(device: object) -> str:
+    """`device` as a lower-case string naming a device (``auto``, ``cpu``, ``mps``, ``cuda``, ``cuda:N``);
+    whether this machine has it is :func:`xclip_cli.model.check_device`'s question (it needs torch)."""
+    text = str(device).strip().lower()
+    if not _DEVICE.match(text):
+        raise UsageError(f"unknown device {str(device)!r}: use auto, cpu, cuda or cuda:N")
+    return text

@@ -1,6 +1,6 @@
 """Typed results of the one pipeline: what `tag`, `eval` and `finetune`'s validation are computed from.
 
-The pipeline (:meth:`xclip_cli.tagging.TagRun.results`) yields, per input, a list of
+The pipeline (:meth:`xclip_cli.pipeline.TagRun.results`) yields, per input, a list of
 :class:`VideoResult` (one per video, or per window of it); report rows, eval predictions and validation
 accuracies are all made from these, never from report rows read back. :func:`ranking` is the one
 ordering of labels everywhere: best first, ties to the label listed first.

@@ -31,6 +31,7 @@ class Format(str, Enum):
 
 
 class Precision(str, Enum):
+    auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
@@ -52,9 +53,15 @@ model_option = _option(
 frames_option = _option("--frames", help="Frames per view; must match the checkpoint.")
 views_option = _option("--views", help="CLIPSxCROPS views per video, e.g. 4x3 as in the paper.")
 device_option = _option("--device", envvar="XCLIP_DEVICE", help="auto, cpu, cuda or cuda:N.")
-precision_option = _option("--precision", help="fp32; bf16 (CPU with AMX, or CUDA); fp16 (CUDA).")
+precision_option = _option(
+    "--precision",
+    envvar="XCLIP_PRECISION",
+    help="auto: bf16 on a CPU with AMX or AVX512-BF16, fp16 on CUDA, else fp32; or fp32, bf16, fp16.",
+)
 batch_size_option = _option("--batch-size", help="Videos per model batch.")
-workers_option = _option("--workers", help="Decoding processes (0: decode in the main process).")
+workers_option = _option(
+    "--workers", help="Decoding processes (0: in the main process). Default: sized from the cores and device."
+)
 threads_option = _option("--threads", help="CPU threads for the model.")
 timeout_option = _option("--timeout", help="Seconds before a file that hangs a decoder is abandoned.")
 progress_option = _option(

@@ -6,7 +6,6 @@ Parse, call :mod:`xclip_cli.evaluation`, render (table on stdout; JSON, CSV and 
 from __future__ import annotations
 
 import math
-import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -83,7 +82,7 @@ def eval_command(
         str, views_option(help="CLIPSxCROPS views per video; 4x3 is the paper's test protocol.")
     ] = "1x1",
     device: Device = "auto",
-    precision: PrecisionOpt = Precision.fp32,
+    precision: PrecisionOpt = Precision.auto,
     batch_size: BatchSize = 4,
     workers: Workers = None,
     threads: Threads = None,
@@ -155,7 +154,7 @@ def eval_command(
         device=device,
         precision=precision.value,
         batch_size=batch_size,
-        workers=min(2, os.cpu_count() or 1) if workers is None else workers,
+        workers=workers,
         timeout=timeout,
     )
 

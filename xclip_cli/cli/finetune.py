@@ -171,7 +171,9 @@ def finetune_command(
         Precision | None,
         typer.Option(
             "--precision",
-            help="fp32; fp16 (autocast + loss scaling) or bf16 autocast. Default: fp16 on CUDA, fp32 on the CPU.",
+            envvar="XCLIP_PRECISION",
+            help="auto (default): fp16 autocast + loss scaling on CUDA, bf16 autocast on a CPU with AMX or "
+            "AVX512-BF16, else fp32; or fp32, fp16, bf16.",
             rich_help_panel=_RECIPE,
         ),
     ] = None,

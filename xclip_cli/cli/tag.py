@@ -6,7 +6,6 @@ Parse, call :mod:`xclip_cli.tagging`, render (rows to the report writer, progres
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -58,7 +57,7 @@ def tag_command(
     frames: Frames = None,
     views: Views = "1x1",
     device: Device = "auto",
-    precision: PrecisionOpt = Precision.fp32,
+    precision: PrecisionOpt = Precision.auto,
     batch_size: BatchSize = 4,
     workers: Workers = None,
     threads: Threads = None,
@@ -152,7 +151,7 @@ def tag_command(
             device=device,
             precision=precision.value,
             batch_size=batch_size,
-            workers=min(2, os.cpu_count() or 1) if workers is None else workers,
+            workers=workers,
             timeout=timeout,
             top_k=top_k,
             threshold=threshold,

@@ -22,8 +22,9 @@ PLOT_EVERY_S = 60.0
 #: Options that only change how a run executes, never its results: they may differ on --resume.
 RUNTIME_OPTIONS = ("workers", "device", "threads")
 LOCK_NAME = FOLDER_LOCK
-#: What --precision takes: fp32, or autocast to fp16 (with loss scaling on CUDA) or bf16.
-PRECISIONS = ("fp32", "fp16", "bf16")
+#: What --precision takes: fp32, or autocast to fp16 (with loss scaling on CUDA) or bf16; auto picks
+#: (xclip_cli.precision): fp16 on CUDA, bf16 on a CPU with AMX or AVX512-BF16, else fp32.
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 class DataError(XClipError):
@@ -88,7 +89,7 @@ class FinetuneConfig:
     frames: int | None = None
     freeze: list[str] = field(default_factory=list)
     grad_checkpointing: bool = False
-    precision: str | None = None  # fp32 | fp16 | bf16; default: fp16 autocast on CUDA, fp32 on CPU
+    precision: str | None = None  # auto (= None) | fp32 | fp16 | bf16
     #: Before --precision: True = autocast (fp16 on CUDA, bf16 on CPU), False = fp32. Stored configs of
     #: old runs carry it; --precision wins when both are given.
     amp: bool | None = None
@@ -195,11 +196,12 @@ class FinetuneConfig:
         """The dtype training autocasts to on `device_type` (``"cuda"``, ``"cpu"``), or None for fp32."""
         import torch
 
+        from ..precision import resolve_precision
+
         precision = self.precision
         if precision is None and self.amp is not None:  # a run started before --precision
             precision = ("fp16" if device_type == "cuda" else "bf16") if self.amp else "fp32"
-        if precision is None:
-            precision = "fp16" if device_type == "cuda" else "fp32"
+        precision = resolve_precision(precision, device_type)
         return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
     def validate(self, world_size: int | None = None) -> None:

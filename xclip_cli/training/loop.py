@@ -94,7 +94,7 @@ def validate(
     validation that did not run to the end are never returned.
     """
     from ..data.labels import Vocabulary
-    from ..tagging import TagRun
+    from ..pipeline import TagRun
     from ..video.clips import ClipSpec, VideoTask
 
     if not clips:
@@ -253,7 +253,7 @@ class Trainer:
     ) -> None:
         from ..data.labels import Vocabulary
         from ..model import load_model
-        from ..tagging import encode_vocabulary
+        from ..pipeline import encode_vocabulary
 
         self.run_dir, self.config, self.dist, self.device, self.progress = (
             run_dir,
@@ -273,11 +273,11 @@ class Trainer:
         state = None
         if resuming and (run_dir / "last" / STATE_FILE).is_file():
             state = load_state(run_dir / "last")
-            model = load_model(run_dir / "last", device=device)
+            model = load_model(run_dir / "last", device=device, precision="fp32")
         else:
-            model = load_model(config.model, device=device, frames=config.frames)
+            model = load_model(config.model, device=device, frames=config.frames, precision="fp32")
         self.model = model
-        model.float().train()
+        model.train()  # fp32 master weights; --precision sets the autocast
         model.set_grad_checkpointing(config.grad_checkpointing)
         for name, p in model.named_parameters():
             p.requires_grad_(is_trainable(name) and not any(pattern in name for pattern in config.freeze))
@@ -337,8 +337,9 @@ class Trainer:
         self.net = net
         groups = param_groups(model, config.lr, config.weight_decay, config.new_lr_mult)
         self.optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-8)
+        # Loss scaling is for fp16's narrow range; bf16 has fp32's.
         self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=self.amp_dtype is not None and device.type == "cuda"
+            "cuda", enabled=self.amp_dtype is torch.float16 and device.type == "cuda"
         )
 
         labels = [data.index(c) for c in data.train]
