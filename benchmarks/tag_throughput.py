@@ -1,20 +1,23 @@
-"""Tag throughput, side by side in one run: the transformers recipe vs `xclip tag` vs our encoder alone.
+"""Tag throughput, side by side in one run: the transformers recipe vs `xclip tag`, each stage alone, start-up.
 
     python benchmarks/tag_throughput.py [--repeat 2] [--limit N] [--results benchmarks/RESULTS.md]
 
 Same machine, same real clips (every decodable clip in ../shared/data/videos), same weights (the
 base-patch32 architecture with random weights, saved once in both formats), same vocabularies (5 labels,
-and the 400 Kinetics-400 labels). Every configuration runs in its own process, so the wall time includes
-process start; memory is the peak proportional set size summed over the process and its decoding workers.
+and the 400 Kinetics-400 labels). Every configuration runs in its own process; memory is the peak
+proportional set size summed over the process and its decoding workers. The CPU model and the flags
+that decide `--precision auto` are printed with the tables.
 
-- baseline: what a user writes from the transformers documentation: PyAV decode, 8 frames sampled
-  uniformly, XCLIPProcessor (VideoMAE image processor + CLIP tokenizer), XCLIPModel(...) per video, fp32;
-- ours: the `xclip tag` command end to end (process start to report written), default settings, and
-  with --precision bf16;
-- bound: our visual encoder alone on pre-decoded, pre-normalised tensors of the same clips, in the batches
-  `xclip tag` uses (timed inside the process: the encoder's time only);
+- stages alone, timed inside their process after a warm-up: decoding (`xclip tag`'s workers and loader,
+  benchmarks/decode_rate.py), the visual encoder on pre-decoded tensors in `xclip tag`'s batches (with its
+  FLOPs per video and the GFLOP/s achieved against the machine's fp32 peak), and the flow that overlaps
+  them (TagRun.results: decode workers + encoder + scores);
+- whole processes, start to report written: the baseline (what a user writes from the transformers
+  documentation: PyAV decode, 8 frames sampled uniformly, XCLIPProcessor, XCLIPModel per video, fp32) and
+  `xclip tag` with its default precision (auto) and with --precision fp32;
+- one short video: `xclip tag` against `python -c "import torch"`, alternating;
 - cache: `xclip tag --cache` first pass, then re-tags with new vocabularies from the cache;
-- bf16 vs fp32 agreement: top-1 of the two 400-label reports, and video-embedding cosine.
+- auto vs fp32 agreement: top-1 of the two 400-label reports, video-embedding cosine on every clip.
 
 Needs the benchmark extras: `pip install -e '.[bench]'` (PyAV and transformers).
 """
@@ -42,8 +45,8 @@ FIVE = ["riding a bike", "flipping pancake", "waving hand", "drinking water", "j
 
 
 # -- the measured programs (each runs in its own process) -------------------------------------------
-def run_baseline(clips: list[str], labels: list[str], hf_dir: str, tok_dir: str) -> None:
-    """The transformers documentation's recipe, one video at a time."""
+def run_baseline(clips: list[str], labels: list[str], hf_dir: str, tok_dir: str, device: str = "cpu") -> None:
+    """The transformers documentation's recipe, one video at a time (fp32, on `device`)."""
     import av
     import numpy as np
     import torch
@@ -59,7 +62,7 @@ def run_baseline(clips: list[str], labels: list[str], hf_dir: str, tok_dir: str)
         ),
         tokenizer=CLIPTokenizer.from_pretrained(tok_dir),
     )
-    model = XCLIPModel.from_pretrained(hf_dir).eval()
+    model = XCLIPModel.from_pretrained(hf_dir).eval().to(device)
     predictions, failed = [], 0
     for path in clips:
         try:  # the documentation's read_video_pyav: decode from the start, keep the wanted frames
@@ -74,7 +77,7 @@ def run_baseline(clips: list[str], labels: list[str], hf_dir: str, tok_dir: str)
                         break
                     frames += [frame.to_ndarray(format="rgb24")] * int((wanted == i).sum())
             frames += frames[-1:] * (8 - len(frames))  # headers that overstate the frame count
-            inputs = processor(text=labels, videos=frames, return_tensors="pt", padding=True)
+            inputs = processor(text=labels, videos=frames, return_tensors="pt", padding=True).to(device)
             with torch.no_grad():
                 probs = model(**inputs).logits_per_video.softmax(dim=1)
             predictions.append(labels[int(probs.argmax())])
@@ -84,7 +87,7 @@ def run_baseline(clips: list[str], labels: list[str], hf_dir: str, tok_dir: str)
     print(json.dumps({"videos": len(predictions), "failed": failed}))
 
 
-def run_bound(clips: list[str], ours_dir: str, precision: str, batch_size: int) -> None:
+def run_bound(clips: list[str], ours_dir: str, precision: str, batch_size: int, device: str = "cpu") -> None:
     """Our visual encoder on tensors decoded and normalised beforehand, in `xclip tag`'s batches; only
     the encoder is timed. Also counts its FLOPs per video (torch's FlopCounterMode: matmuls, convolution,
     attention; 2 per multiply-add)."""
@@ -93,9 +96,9 @@ def run_bound(clips: list[str], ours_dir: str, precision: str, batch_size: int) 
 
     from xclip_cli import load_model
 
-    model = load_model(ours_dir, precision=precision)
+    model = load_model(ours_dir, precision=precision, device=device)
     tensors = [views_of(model, p) for p in clips]
-    batches = [torch.cat(tensors[i : i + batch_size]) for i in range(0, len(tensors), batch_size)]
+    batches = [torch.cat(tensors[i : i + batch_size]).to(device) for i in range(0, len(tensors), batch_size)]
     with torch.no_grad():
         with FlopCounterMode(display=False) as counter:
             model.encode_video(batches[0][:1])  # also the warm-up
@@ -125,13 +128,16 @@ def run_decode(clips: list[str], workers: int) -> None:
     print(json.dumps(decode_rate(clips, spec, workers=workers, timeout=120.0)))
 
 
-def run_pipeline(clips: list[str], ours_dir: str, precision: str, workers: int, labels: list[str]) -> None:
-    """The whole flow in one process after start-up: decode workers, encoder, scores (timed: the
-    results of every clip, from the first task handed out to the last result)."""
+def run_pipeline(
+    clips: list[str], ours_dir: str, precision: str, workers: int, labels: list[str], device: str = "cpu"
+) -> None:
+    """The whole flow in one process after start-up and a warm-up: decode workers, encoder, scores
+    (timed: the results of every clip, from the first task handed out to the last result)."""
     from xclip_cli.pipeline import VideoTask
     from xclip_cli.tagging import prepare
 
-    run = prepare(labels=labels, model=ours_dir, precision=precision, workers=workers)
+    run = prepare(labels=labels, model=ours_dir, precision=precision, workers=workers, device=device)
+    list(run.results([VideoTask(clips[0])]))  # warm-up (and the vocabulary), as the stages alone have
     start = time.perf_counter()
     results = [r for rs in run.results([VideoTask(c) for c in clips]) for r in rs]
     seconds = time.perf_counter() - start
@@ -262,7 +268,9 @@ def save_weights(workdir: Path) -> tuple[str, str, str]:
     return str(ours), str(workdir / "hf"), str(tok_dir)
 
 
-def agreement(clips: list[str], ours_dir: str, precision: str, fp32_report: Path, report: Path) -> dict:
+def agreement(
+    clips: list[str], ours_dir: str, precision: str, fp32_report: Path, report: Path, device: str = "cpu"
+) -> dict:
     """`precision` vs fp32: top-1 agreement of the two reports; video-embedding cosine on every clip."""
     import torch
 
@@ -273,7 +281,8 @@ def agreement(clips: list[str], ours_dir: str, precision: str, fp32_report: Path
         return {row["path"]: row["label"] for row in rows if not row["error"]}
 
     a, b = top1(fp32_report), top1(report)
-    full, other = load_model(ours_dir, precision="fp32"), load_model(ours_dir, precision=precision)
+    full = load_model(ours_dir, precision="fp32", device=device)
+    other = load_model(ours_dir, precision=precision, device=device)
     cos = []
     with torch.no_grad():
         for path in clips:
@@ -341,21 +350,29 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per whole-process configuration; the fastest counts"
     )
+    parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu or cuda")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--args", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:  # a child process: one measured configuration
         spec = json.loads(args.args)
         if args.run == "baseline":
-            run_baseline(spec["clips"], spec["labels"], spec["hf"], spec["tok"])
+            run_baseline(spec["clips"], spec["labels"], spec["hf"], spec["tok"], spec["device"])
         elif args.run == "cache":
             run_cache(spec["clips"], spec["ours"], spec["vocabularies"], spec["cache"])
         elif args.run == "decode":
             run_decode(spec["clips"], spec["workers"])
         elif args.run == "pipeline":
-            run_pipeline(spec["clips"], spec["ours"], spec["precision"], spec["workers"], spec["labels"])
+            run_pipeline(
+                spec["clips"],
+                spec["ours"],
+                spec["precision"],
+                spec["workers"],
+                spec["labels"],
+                spec["device"],
+            )
         else:
-            run_bound(spec["clips"], spec["ours"], spec["precision"], spec["batch_size"])
+            run_bound(spec["clips"], spec["ours"], spec["precision"], spec["batch_size"], spec["device"])
         return
 
     import torch
@@ -371,10 +388,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="xclip-bench-"))
     ours, hf, tok = save_weights(work)
     me = [sys.executable, __file__]
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     xclip = [sys.executable, "-m", "xclip_cli", "tag", *clips, "-m", ours, "--format", "jsonl", "--overwrite"]
-    auto = resolve_precision("auto", "cpu")
+    xclip += ["--device", device]
+    auto = resolve_precision("auto", device)
     precisions = [auto] + (["fp32"] if auto != "fp32" else [])
-    workers = default_workers(auto, "cpu")
+    workers = default_workers(auto, device)
 
     def best(cmd: list[str], repeat: int = args.repeat) -> dict:
         """The fastest of `repeat` runs (this machine's speed drifts by 10-15 % from run to run)."""
@@ -391,11 +410,16 @@ def main() -> None:
 
     # The stages alone, and the flow that overlaps them, each in its own process, timed inside it.
     bounds = {
-        p: measure(child("bound", clips=clips, ours=ours, precision=p, batch_size=BATCH)) for p in precisions
+        p: measure(child("bound", clips=clips, ours=ours, precision=p, batch_size=BATCH, device=device))
+        for p in precisions
     }
     decode = measure(child("decode", clips=clips, workers=workers))
     flows = {
-        p: measure(child("pipeline", clips=clips, ours=ours, precision=p, workers=workers, labels=FIVE))
+        p: measure(
+            child(
+                "pipeline", clips=clips, ours=ours, precision=p, workers=workers, labels=FIVE, device=device
+            )
+        )
         for p in precisions
     }
     header = [
@@ -403,7 +427,8 @@ def main() -> None:
         "",
         f"Machine: {cpu_description()}, {os.cpu_count()} cores, torch {torch.__version__}, Python "
         f"{platform.python_version()}. {n} clips (every decodable clip in ../shared/data/videos); base-patch32 "
-        f"architecture, random weights. `--precision auto` picks {auto} here; decode workers: {workers}.",
+        f"architecture, random weights. Device {device}{' (' + torch.cuda.get_device_name() + ')' if device == 'cuda' else ''}; "
+        f"`--precision auto` picks {auto} here; decode workers: {workers}.",
         "",
     ]
     lines = [
@@ -419,8 +444,8 @@ def main() -> None:
             f"| the flow: decode workers + encoder + scores (5 labels) | {p} | {flow:.1f} | {n / flow:.2f} | "
             f"{flow / max(enc, decode['seconds']):.2f}x |",
         ]
-    peak, reckoning = fp32_peak_gflops()
-    if "fp32" in bounds:
+    if "fp32" in bounds and device == "cpu":
+        peak, reckoning = fp32_peak_gflops()
         b = bounds["fp32"]
         achieved = b["gflop_per_video"] * n / b["encoder_seconds"]
         lines += [
@@ -436,7 +461,7 @@ def main() -> None:
     reports = {}
     for name, labels in vocabularies.items():
         label_file = labels_file(f"labels-{len(labels)}", labels)
-        base = best(child("baseline", clips=clips, labels=labels, hf=hf, tok=tok))
+        base = best(child("baseline", clips=clips, labels=labels, hf=hf, tok=tok, device=device))
         runs = {}
         for p in precisions:
             reports[name, p] = work / f"{p}-{len(labels)}.jsonl"
@@ -460,10 +485,7 @@ def main() -> None:
                 f"{base['wall'] / m['wall']:.2f}x | {slowest} | {m['pss_mb']:.0f} | {m['rss_mb']:.0f} |"
             )
 
-    short = min(
-        (c for c in clips if "1x1" not in c and c.endswith((".avi", ".mp4"))),
-        key=lambda c: Path(c).stat().st_size,
-    )
+    short = str(VIDEOS / "torchvision/RATRACE_wave_f_nm_np1_fr_goo_37.avi")  # 2.4 s, 560x240: HMDB-51's kind
     up = startup(short, ours, labels_file("labels-5", FIVE), repeat=5)
     lines += [
         "",
@@ -494,7 +516,12 @@ def main() -> None:
         )
     if auto != "fp32":
         agree = agreement(
-            clips, ours, auto, reports["400 labels (K400)", "fp32"], reports["400 labels (K400)", auto]
+            clips,
+            ours,
+            auto,
+            reports["400 labels (K400)", "fp32"],
+            reports["400 labels (K400)", auto],
+            device,
         )
         lines += [
             "",

@@ -113,3 +113,26 @@ def save_official(model: XCLIP, path: Path) -> Path:
 def frames_for(config: XCLIPConfig, videos: int = 2, seed: int = 1) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(videos, config.frames, 3, config.image_size, config.image_size, generator=gen)
+
+
+def open_clip_clip(config: XCLIPConfig):
+    """open_clip's own ``CLIP(quick_gelu=True)`` with the backbone shapes of `config` (scriptable, as OpenAI's
+    models were)."""
+    from xclip_cli.model._open_clip import import_open_clip
+
+    model = import_open_clip().model
+    vision = model.CLIPVisionCfg(
+        layers=config.vision_layers,
+        width=config.vision_width,
+        head_width=64,
+        patch_size=config.patch_size,
+        image_size=config.image_size,
+    )
+    text = model.CLIPTextCfg(
+        context_length=config.context_length,
+        vocab_size=config.vocab_size,
+        width=config.text_width,
+        heads=config.text_heads,
+        layers=config.text_layers,
+    )
+    return model.CLIP(config.embed_dim, vision, text, quick_gelu=True)

@@ -7,7 +7,16 @@ import pickle
 
 import pytest
 import torch
-from helpers import SHARED, TINY, frames_for, hf_model_from, randomize, save_official, tiny_model
+from helpers import (
+    SHARED,
+    TINY,
+    frames_for,
+    hf_model_from,
+    open_clip_clip,
+    randomize,
+    save_official,
+    tiny_model,
+)
 
 from xclip_cli import load_model, save_model
 from xclip_cli.errors import FrameCountError, UsageError, WeightsError
@@ -310,32 +319,10 @@ def test_precision_auto_is_the_default_and_checked(tiny_dir, monkeypatch):
 
 
 # -- our CLIP towers are open_clip's ------------------------------------------------------------------
-def _open_clip_clip(config: XCLIPConfig):
-    """open_clip's own ``CLIP(quick_gelu=True)`` with the backbone shapes of `config`."""
-    from xclip_cli.model._open_clip import import_open_clip
-
-    model = import_open_clip().model
-    vision = model.CLIPVisionCfg(
-        layers=config.vision_layers,
-        width=config.vision_width,
-        head_width=64,
-        patch_size=config.patch_size,
-        image_size=config.image_size,
-    )
-    text = model.CLIPTextCfg(
-        context_length=config.context_length,
-        vocab_size=config.vocab_size,
-        width=config.text_width,
-        heads=config.text_heads,
-        layers=config.text_layers,
-    )
-    return model.CLIP(config.embed_dim, vision, text, quick_gelu=True)
-
-
 def test_our_clip_towers_compute_what_open_clip_computes():
     from xclip_cli.model.xclip import build_clip
 
-    theirs = randomize(_open_clip_clip(TINY), seed=13).eval()
+    theirs = randomize(open_clip_clip(TINY), seed=13).eval()
     ours = build_clip(TINY).eval()
     ours.load_state_dict(theirs.state_dict(), strict=True)  # the same names and shapes, nothing else
     assert list(ours.state_dict()) == list(theirs.state_dict())
@@ -354,7 +341,7 @@ def test_our_clip_draws_open_clips_random_weights_from_the_same_seed():
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
-        theirs = _open_clip_clip(TINY).state_dict()
+        theirs = open_clip_clip(TINY).state_dict()
         torch.manual_seed(3)
         ours = build_clip(TINY).state_dict()
     assert list(ours) == list(theirs)
@@ -365,7 +352,7 @@ def test_xclip_takes_an_open_clip_clip_and_computes_with_our_towers():
     from xclip_cli.model.clip import VisionTransformer
     from xclip_cli.model.xclip import build_clip
 
-    theirs = randomize(_open_clip_clip(TINY), seed=17)
+    theirs = randomize(open_clip_clip(TINY), seed=17)
     ours = build_clip(TINY)
     ours.load_state_dict(theirs.state_dict(), strict=True)
     with torch.random.fork_rng(devices=[]):

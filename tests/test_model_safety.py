@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, randomize, tiny_model
+from helpers import TINY, open_clip_clip, randomize, tiny_model
 
 from xclip_cli import load_model, save_model
 from xclip_cli.errors import UsageError, WeightsError
@@ -173,32 +173,10 @@ def test_torchscript_reader_keeps_only_parameters_and_buffers(tmp_path):
     assert all(torch.equal(ours[k], reference[k]) for k in ours)
 
 
-def _open_clip_clip(config):
-    """open_clip's own ``CLIP(quick_gelu=True)`` of `config`'s shapes (scriptable, as OpenAI's models were)."""
-    from xclip_cli.model._open_clip import import_open_clip
-
-    model = import_open_clip().model
-    vision = model.CLIPVisionCfg(
-        layers=config.vision_layers,
-        width=config.vision_width,
-        head_width=64,
-        patch_size=config.patch_size,
-        image_size=config.image_size,
-    )
-    text = model.CLIPTextCfg(
-        context_length=config.context_length,
-        vocab_size=config.vocab_size,
-        width=config.text_width,
-        heads=config.text_heads,
-        layers=config.text_layers,
-    )
-    return model.CLIP(config.embed_dim, vision, text, quick_gelu=True)
-
-
 def _tiny_clip_archive(tmp_path: Path, how: str, dtype: torch.dtype = torch.float32) -> tuple[Path, dict]:
     """A TorchScript archive of a tiny open_clip CLIP, shaped like OpenAI's .pt (whose state dict also holds
     input_resolution; context_length and vocab_size stay open_clip's plain ints here)."""
-    clip = randomize(_open_clip_clip(TINY), seed=21).eval()
+    clip = randomize(open_clip_clip(TINY), seed=21).eval()
     clip.register_buffer("input_resolution", torch.tensor(TINY.image_size))
     clip = clip.to(dtype)
     if how == "script":
