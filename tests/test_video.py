@@ -623,8 +623,10 @@ def test_windows_read_through_one_reader_match_windows_read_alone(name, window, 
 
     monkeypatch.setattr(ffmpeg_backend.subprocess, "Popen", popen)
     together = list(load_clips(VideoTask(str(clip(name))), spec))
-    # decord: the probe's reader and one at the decoding size; ffmpeg: the probe and one decoding pass.
-    assert len(together) > 3 and len(opened) <= 2, opened
+    # ffmpeg: the probe and one decoding pass. decord: the probe's reader, then a fresh reader per window
+    # (a reused one is not repeatable near the end of some files: see decord_backend.Reader.read).
+    limit = 2 if backend == "ffmpeg" else 1 + len(together)
+    assert len(together) > 3 and len(opened) <= limit, opened
     monkeypatch.setattr(ffmpeg_backend.subprocess, "Popen", real_popen)
     for got in together:
         alone = list(
@@ -691,24 +693,21 @@ def test_damaged_packet_fails_windows_too(backend):
 
 @needs_videos
 @pytest.mark.parametrize("short_side", [None, 128])
-def test_decord_returns_the_true_frames_of_avi_files_it_seeks_wrongly(short_side, monkeypatch):
-    # decord indexes frames 0 and 1 of these HMDB51 AVIs as keyframes and its seeks land one frame
-    # short: a fresh reader's get_batch gave frame i-1 for frame i. Ours start past frame 0.
+def test_decord_reads_an_avi_that_overstates_its_frames_the_same_every_time(short_side):
+    # This HMDB-51 AVI lists 73 frames and decodes 72. A decord reader that has decoded already returned
+    # frame 69 or 71 for frame 71 from run to run; each of our reads has a reader that has decoded
+    # nothing, whose get_batch (what the official pipeline calls) gives the same frames every time.
     if decode.decord is None:
         pytest.skip("decord is not installed")
     path = clip("torchvision/RATRACE_wave_f_nm_np1_fr_goo_37.avi")
     info = probe(path)
-    indices = segment_indices(info.num_frames, 8)
-    by_decord = read_frames(path, indices, short_side=short_side, info=info)
+    indices = np.array(
+        sorted({*segment_indices(info.num_frames, 8), *view_indices(info.num_frames, 8, 4).reshape(-1)})
+    )
     with decode.open_video(path) as video:
-        through_reader = video.read(indices, short_side=short_side)
-    monkeypatch.setattr(decode, "decord", None)
-    by_ffmpeg = read_frames(path, indices, short_side=short_side, info=info)
-    np.testing.assert_array_equal(through_reader, by_decord)
-    if short_side is None:
-        np.testing.assert_array_equal(by_decord, by_ffmpeg)  # the same decoder: the same pixels
-    else:
-        assert np.abs(by_decord.astype(int) - by_ffmpeg).mean() < 2.0  # two scalers
+        first, again = video.read(indices, short_side=short_side), video.read(indices, short_side=short_side)
+    np.testing.assert_array_equal(first, again)  # a reused reader gave another frame 71 now and then
+    assert len({first[i].tobytes() for i in range(len(first))}) == len(first)  # distinct frames
 
 
 @needs_videos

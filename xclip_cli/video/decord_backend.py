@@ -50,20 +50,14 @@ def read(
 
 
 class Reader:
-    """One file kept open: probed on opening, then read any number of times (e.g. every window).
-
-    Opening a decord reader indexes every packet of the file, so reading all of a file's windows
-    through one reader saves a pass over the file per window, and decord walks forward from where the
-    last read stopped instead of seeking back to a keyframe. The probe's reader (at the stored size)
-    also serves reads that need no downscale; a read at another size opens one reader at that size
-    (the decoder scales, so frames are never converted to RGB at full size) and keeps it.
-    """
+    """One file: probed once on opening, then read any number of times (e.g. every window), each read
+    through a fresh decord reader at the wanted size (the decoder scales, so frames are never converted
+    to RGB at full size); see :meth:`read` for why a reader is not reused."""
 
     def __init__(self, path: str | os.PathLike[str], threads: int) -> None:
         self.path = os.fspath(path)
         self.threads = threads
         self._vr, frame = _open(self.path, None, threads)
-        self._size: tuple[int, int] | None = None  # of self._vr; None: as stored
         num_frames = len(self._vr)
         fps = float(self._vr.get_avg_fps())
         if not (math.isfinite(fps) and fps > 0):
@@ -81,26 +75,29 @@ class Reader:
         )
 
     def read(self, wanted: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-        """Frames ``wanted`` (clamped to the last one), scaled to ``size`` (width, height) when given."""
-        if size != self._size:
-            self._vr = None  # let the old reader go before the next one allocates its buffers
-            self._vr, _ = _open(self.path, size, self.threads)
-            self._size = size
-        return _get_batch(self._vr, wanted)
+        """Frames ``wanted`` (clamped to the last one), scaled to ``size`` (width, height) when given.
+
+        Each read has a reader of its own that has decoded nothing yet. A reader that has already
+        decoded (the probe's, or an earlier window's) walks forward to the next frames, and near the end
+        of a file whose header overstates its frame count (an HMDB-51 AVI: 73 listed, 72 decodable) that
+        walk returns frame 69 or 71 for frame 71 from one run to the next; a fresh reader's first read
+        gives the same frames every time (on some AVIs one frame early, as the official pipeline's
+        decord reads them).
+        """
+        self._vr = None  # let the old reader go before the next one allocates its buffers
+        width, height = size if size is not None else (-1, -1)
+        with _native_output(self.path):
+            vr = decord.VideoReader(
+                self.path, ctx=decord.cpu(0), width=width, height=height, num_threads=self.threads
+            )
+        return _get_batch(vr, wanted)
 
     def close(self) -> None:
         self._vr = None
 
 
 def _open(path: str | os.PathLike[str], size: tuple[int, int] | None, threads: int):
-    """A reader scaled to ``size`` (None: as stored) that has read its first frame; and that frame.
-
-    Reading frame 0 first is also a fix: in some AVI files (HMDB51's, for one) decord indexes frames 0
-    and 1 as keyframes and every seek lands one frame short, so a fresh reader's first ``get_batch``
-    returned frame i-1 for frame i. A reader already past frame 0 walks forward to the frames asked
-    for without seeking and returns the true frames (those ffmpeg returns). Decoding frame 0 is work
-    the walk forward does anyway, when the first wanted frame lies before the next keyframe.
-    """
+    """A reader scaled to ``size`` (None: as stored) that has read its first frame; and that frame."""
     width, height = size if size is not None else (-1, -1)
     with _native_output(path):
         vr = decord.VideoReader(
