@@ -11,6 +11,7 @@ import torch
 from .. import precision as precisions
 from .. import weights
 from ..errors import UsageError, WeightsError
+from ..options import check_device_name
 from ._open_clip import import_open_clip
 from .checkpoints import (
     load_file_checkpoint,
@@ -39,17 +40,12 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 _OPEN_CLIP = re.compile(r"^(ViT-[BL][-/]\d\d(?:-336|@336px)?)(?::(\S+))?$")
 
 
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(?::\d+)?)$")
-
-
 def check_device(device: str | torch.device) -> str:
     """`device` as a checked string: ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N`` that this machine has.
 
     Raises UsageError (one line, exit 2) before anything is loaded.
     """
-    text = str(device).strip().lower()
-    if not _DEVICE.match(text):
-        raise UsageError(f"unknown device {str(device)!r}: use auto, cpu, cuda or cuda:N")
+    text = check_device_name(device)
     if text.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UsageError(f"device {text} requested but CUDA is not available on this machine")

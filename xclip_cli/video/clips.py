@@ -16,8 +16,7 @@ import torch
 
 from .. import workers
 from ..data.records import VideoRecord
-from ..errors import UsageError
-from ..options import MAX_CLIPS, MAX_WINDOWS_PER_FILE
+from ..options import MAX_WINDOWS_PER_FILE, parse_views  # noqa: F401 - parse_views: re-exported
 from .decode import VideoError, open_video, probe, read_frames  # noqa: F401 - probe: part of this namespace
 from .sampling import range_to_frames, segment_indices, view_indices, windows
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, short_side_for, test_views, train_transform
@@ -84,17 +83,6 @@ class Clip:
     duration: float | None
     indices: list[int]
     views: torch.Tensor
-
-
-def parse_views(text: str) -> tuple[int, int]:
-    """``"4x3"`` -> (4 clips, 3 crops). Crops are 1 (centre) or 3 (official three-crop)."""
-    try:
-        clips, crops = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UsageError(f"--views must look like CLIPSxCROPS, e.g. 1x1 or 4x3; got {text!r}") from None
-    if not 1 <= clips <= MAX_CLIPS or crops not in (1, 3):
-        raise UsageError(f"--views {text!r}: clips must be 1 to {MAX_CLIPS} and crops 1 or 3")
-    return clips, crops
 
 
 def spans_of(task: Span, duration: float | None, spec: ClipSpec) -> list[tuple[float | None, float | None]]:
