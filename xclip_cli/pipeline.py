@@ -413,8 +413,6 @@ class TagRun:
             # Room for a batch's worth of clips (and each file's DONE) to wait while the model runs.
             room = 2 * max(self.batch_size, self.workers) + 2
             pool = WorkerPool(loader, self.workers, self.timeout, queue_size=room, threads=1)
-        stream = pool.run(to_decode) if pool else run_inline(loader, to_decode)
-        self.text  # noqa: B018 - the workers have their first files (pool.run gives them at once): encode now
         batch: list[tuple[_Pending, int, Clip]] = []
 
         def finish_ready() -> None:
@@ -426,7 +424,9 @@ class TagRun:
             for i, results in zip(done, self._results(finished)):
                 ready[i] = results
 
-        try:
+        try:  # the pool is closed whatever happens from here on (an interrupt while encoding the text too)
+            stream = pool.run(to_decode) if pool else run_inline(loader, to_decode)
+            self.text  # noqa: B018 - the workers have their first files (pool.run gives them at once): encode now
             for i, kind, payload in stream:
                 p = pending.get(i)
                 if p is None:
