@@ -18,7 +18,7 @@ import os
 import stat
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, ClassVar, TypeVar
 
@@ -52,6 +52,23 @@ def fsync_folder(folder: PathLike) -> None:
             os.close(handle)
 
 
+@contextlib.contextmanager
+def _replacing(target: Path, mode: int) -> Iterator[tuple[int, str]]:
+    """``(handle, name)`` of a temporary file beside `target` for the caller to fill (and fsync); then it
+    gets `mode` and replaces `target`, and the rename is made durable. On any error it is removed and
+    `target` is left as it was."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        yield handle, temporary
+        os.chmod(temporary, mode)  # mkstemp makes 0600 files
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    fsync_folder(target.parent)
+
+
 def atomic_write(path: PathLike, write: Callable[[IO[Any]], Any], *, binary: bool = False) -> None:
     """Replace `path` with what ``write(handle)`` produces, all or nothing, even across a crash.
 
@@ -63,41 +80,26 @@ def atomic_write(path: PathLike, write: Callable[[IO[Any]], Any], *, binary: boo
         mode = stat.S_IMODE(target.stat().st_mode)
     except OSError:
         mode = default_mode()
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(
+    with (
+        _replacing(target, mode) as (handle, _),
+        os.fdopen(
             handle, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})
-        ) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(temporary, mode)  # mkstemp makes 0600 files
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    fsync_folder(target.parent)
+        ) as fh,
+    ):
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def atomic_save(path: PathLike, save: Callable[[str], Any]) -> None:
     """Replace `path` with the file ``save(temporary_name)`` writes, for libraries that write by name
     (safetensors): a temporary file in the same folder, the umask's mode, fsync, rename. On any error the
     temporary file is removed and `path` is left as it was."""
-    target = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    try:
+    with _replacing(Path(path), default_mode()) as (handle, temporary):
+        os.close(handle)
         save(temporary)
-        os.chmod(temporary, default_mode())  # mkstemp makes 0600 files
         with open(temporary, "rb") as fh:
             os.fsync(fh.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    fsync_folder(target.parent)
 
 
 def is_regular(path: PathLike) -> bool:
