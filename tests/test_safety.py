@@ -322,7 +322,7 @@ def test_files_we_write_follow_the_umask(tiny_dir, tmp_path):
 
 # -- a full disk on the report ----------------------------------------------------------------------------------
 def test_full_disk_on_the_report_is_one_line_and_keeps_the_rows(tiny_dir, tmp_path, monkeypatch):
-    from xclip_cli import reports
+    from xclip_cli.reports import tag as reports
 
     calls = {"n": 0}
     real = reports._LineWriter._emit

@@ -9,49 +9,7 @@
 Importing this package loads neither torch nor numpy nor matplotlib: the writers import what they draw with.
 """
 
-from .tag import (
-    FORMATS,
-    ROW_FIELDS,
-    ReportError,
-    ReportExistsError,
-    ReportWriteError,
-    ReportWriter,
-    format_for,
-    open_writer,
-    read_report,
-    row_key,
-)
-from .tag import (
-    _atomic_write as _atomic_write,
-)
-from .tag import (
-    _complete_length as _complete_length,
-)
-from .tag import (
-    _JsonWriter as _JsonWriter,
-)
-from .tag import (
-    _LineWriter as _LineWriter,
-)
-from .tag import (
-    _TableWriter as _TableWriter,
-)
-from .tag import (
-    check_output as check_output,
-)
-from .tag import (
-    resolved_path as resolved_path,
-)
-
-__all__ = [
-    "FORMATS",
-    "ROW_FIELDS",
-    "ReportError",
-    "ReportExistsError",
-    "ReportWriteError",
-    "ReportWriter",
-    "format_for",
-    "open_writer",
-    "read_report",
-    "row_key",
-]
+# The tag report's public names, listed once (in reports.tag's __all__), and resolved_path for the pipeline.
+from .tag import *  # noqa: F403
+from .tag import __all__ as __all__
+from .tag import resolved_path as resolved_path

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import files
 from ..errors import XClipError
 
 if TYPE_CHECKING:
@@ -48,7 +49,6 @@ def check_outputs(
     An existing non-empty file is replaced only with `overwrite`, and only if it is an eval results JSON
     or predictions CSV of ours; anything else is refused and left untouched (ReportError, exit 2).
     """
-    from .. import files
     from .tag import ReportError, ReportExistsError, check_output
 
     for path, ours, what in (
@@ -72,10 +72,8 @@ def check_outputs(
 
 def write_results(evaluation: Evaluation, path: str | Path) -> None:
     """The results JSON, replaced atomically (a crash leaves the old file or the new one)."""
-    from .tag import _atomic_write
-
     text = json.dumps(evaluation.to_json(), indent=2, ensure_ascii=False) + "\n"
-    _atomic_write(str(path), lambda fh: fh.write(text))
+    files.atomic_write(str(path), lambda fh: fh.write(text))
 
 
 def prediction_rows(evaluation: Evaluation) -> tuple[list[str], Iterable[list[str]]]:
@@ -124,8 +122,6 @@ def prediction_rows(evaluation: Evaluation) -> tuple[list[str], Iterable[list[st
 
 def write_predictions(evaluation: Evaluation, path: str | Path) -> None:
     """Per-video predictions and scores as CSV (atomic)."""
-    from .tag import _atomic_write
-
     header, rows = prediction_rows(evaluation)
 
     def write(fh) -> None:
@@ -133,7 +129,7 @@ def write_predictions(evaluation: Evaluation, path: str | Path) -> None:
         out.writerow(header)
         out.writerows(rows)
 
-    _atomic_write(str(path), write)
+    files.atomic_write(str(path), write)
 
 
 def write_plots(evaluation: Evaluation, folder: str | Path) -> list[Path]:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from .. import files
 from ..errors import EXIT_SOME_FAILED, EXIT_USAGE, XClipError
 
 if TYPE_CHECKING:
@@ -243,8 +244,6 @@ def read_report(path: PathLike) -> list[dict[str, Any]]:
 def _read_text(p: Path, data: bytes | None = None) -> str:
     if data is None:
         data = _read_bytes(p)
-    from .. import files
-
     try:
         return files.decode_text(data, p)
     except files.TextError as err:
@@ -410,8 +409,6 @@ def _existing_report(path: str, fmt: str, action: str) -> _Existing:
 
 
 def _read_bytes(p: Path) -> bytes:
-    from .. import files
-
     try:
         return files.read_bytes(p, timeout=files.READ_TIMEOUT_S)
     except FileNotFoundError:
@@ -584,7 +581,7 @@ class _LineWriter(ReportWriter):
             # Drop the failed inputs' rows first so that no input ends up with two rows.
             header = _csv_line(ROW_FIELDS) if self.fmt == "csv" else ""
             body = "".join(self._serialize(row) for row in kept)
-            _atomic_write(path, lambda fh: fh.write(header + body))
+            files.atomic_write(path, lambda fh: fh.write(header + body))
 
     def _emit(self, row: dict[str, Any]) -> None:
         text = self._serialize(row)
@@ -642,7 +639,7 @@ class _JsonWriter(ReportWriter):
 
     def _rewrite(self) -> None:
         started = time.monotonic()
-        _atomic_write(self.path, self._dump)
+        files.atomic_write(self.path, self._dump)
         self._last_done = time.monotonic()
         self._last_cost = self._last_done - started
         self._dirty = False
@@ -675,7 +672,9 @@ class _TableWriter(ReportWriter):
 
         table = _rich_table(self._rows)
         if self.path is not None:
-            _atomic_write(self.path, lambda fh: Console(file=fh, width=160, color_system=None).print(table))
+            files.atomic_write(
+                self.path, lambda fh: Console(file=fh, width=160, color_system=None).print(table)
+            )
             return
         if not self._rows or self._stdout is None:
             return
@@ -725,13 +724,6 @@ def _open_report(path: str, mode: str) -> TextIO:
         return open(path, mode, encoding="utf-8", newline="")
     except OSError as exc:
         raise ReportError(f"cannot write report {path}: {exc.strerror or exc}") from None
-
-
-def _atomic_write(path: str, write: Callable[[TextIO], Any]) -> None:
-    """Replace `path` with what `write` produces, all or nothing (see :func:`xclip_cli.files.atomic_write`)."""
-    from .. import files
-
-    files.atomic_write(path, write)
 
 
 def check_output(path: PathLike, inputs: Iterable[PathLike] = ()) -> None:
@@ -786,8 +778,6 @@ def open_writer(
     if resume and fmt == "table":
         raise ValueError("a table report cannot be resumed: use a .csv, .json or .jsonl output")
     check_output(path, inputs)
-    from .. import files
-
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
