@@ -396,7 +396,7 @@ def main() -> None:
     xclip += ["--device", device]
     auto = resolve_precision("auto", device)
     precisions = [auto] + (["fp32"] if auto != "fp32" else [])
-    workers = default_workers(auto, device)
+    workers = default_workers(device)
 
     def best(cmd: list[str], repeat: int = args.repeat) -> dict:
         """The fastest of `repeat` runs (this machine's speed drifts by 10-15 % from run to run)."""

@@ -104,11 +104,11 @@ def test_default_workers_leave_the_cores_to_the_encoder_on_the_cpu(monkeypatch):
     from xclip_cli.tagging import default_workers
 
     monkeypatch.setattr("os.cpu_count", lambda: 16)
-    assert default_workers("fp16", "cuda") == 8
-    assert 1 <= default_workers("fp32", "cpu") <= 16
+    assert default_workers("cuda") == 8
+    assert 1 <= default_workers("cpu") <= 16
     monkeypatch.setattr("os.cpu_count", lambda: 1)
-    assert default_workers("bf16", "cuda") == 1
-    assert default_workers("fp32", "cpu") == 1
+    assert default_workers("cuda") == 1
+    assert default_workers("cpu") == 1
 
 
 HEAVY = ("torch", "open_clip", "torchvision", "numpy")

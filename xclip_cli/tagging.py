@@ -49,7 +49,7 @@ def completed_paths(rows: Iterable[dict[str, Any]], run: TagRun) -> set[str]:
     return {path for path, ok in reach.items() if ok}
 
 
-def default_workers(precision: str, device_type: str) -> int:
+def default_workers(device_type: str) -> int:
     """Decoding processes for a run that does not say: enough to keep the encoder fed, no more.
 
     Decoding 8 frames takes a core about as long as the B/32 encoder takes a video on two cores in fp32,
@@ -170,7 +170,7 @@ def prepare(
         spec,
         str(model_name),
         batch_size=batch_size,
-        workers=default_workers(net.precision, net.device.type) if workers is None else workers,
+        workers=default_workers(net.device.type) if workers is None else workers,
         timeout=timeout,
         top_k=top_k,
         threshold=threshold,
